@@ -1,0 +1,143 @@
+// Core geometry: axis-aligned boxes in pixel coordinates, detections, and the overlap measures that
+// NMS, merging, label assignment and evaluation all share.
+#pragma once
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstdint>
+#include <optional>
+#include <string_view>
+#include <vector>
+
+#include <Eigen/Core>
+
+#include "bloodcv/span.hpp"
+
+namespace bloodcv {
+
+// Corners (x1, y1) top-left and (x2, y2) bottom-right, in pixels; x2 >= x1 and y2 >= y1 for a valid box.
+// Four packed floats, so an N×4 float32 array can be read as N boxes without a copy.
+struct Box {
+  float x1 = 0, y1 = 0, x2 = 0, y2 = 0;
+
+  float width() const { return x2 - x1; }
+  float height() const { return y2 - y1; }
+  float area() const { return width() * height(); }
+  float center_x() const { return 0.5f * (x1 + x2); }
+  float center_y() const { return 0.5f * (y1 + y2); }
+  friend bool operator==(const Box& a, const Box& b) {
+    return a.x1 == b.x1 && a.y1 == b.y1 && a.x2 == b.x2 && a.y2 == b.y2;
+  }
+};
+static_assert(sizeof(Box) == 4 * sizeof(float), "Box must alias an N x 4 float array");
+
+struct Detection {
+  Box box;
+  float score = 0;
+  std::int64_t label = 0;
+  std::optional<float> predicted_iou;  // from detectors with an IoU-prediction branch
+  std::vector<float> class_probs;      // empty when the detector gives none
+};
+
+// How two boxes overlap. IoS is intersection over the smaller area: high when a box cut by a tile seam
+// lies inside the whole box, where IoU stays low.
+enum class BoxMetric { IoU, IoS, GIoU, DIoU };
+
+BoxMetric parse_box_metric(std::string_view name);  // "iou", "ios", "giou", "diou"
+std::string_view to_string(BoxMetric metric);
+
+inline float intersection(const Box& a, const Box& b) {
+  const float w = std::max(0.f, std::min(a.x2, b.x2) - std::max(a.x1, b.x1));
+  const float h = std::max(0.f, std::min(a.y2, b.y2) - std::max(a.y1, b.y1));
+  return w * h;
+}
+
+// Written as torchvision's kernel writes it, so that NMS decisions at the threshold are bit-identical.
+// Degenerate pairs (zero union) give 0, never NaN.
+inline float iou(const Box& a, const Box& b) {
+  const float inter = intersection(a, b);
+  const float uni = a.area() + b.area() - inter;
+  return uni > 0 ? inter / uni : 0.f;
+}
+
+inline float ios(const Box& a, const Box& b) {
+  const float smaller = std::min(a.area(), b.area());
+  return smaller > 0 ? intersection(a, b) / smaller : 0.f;
+}
+
+// Generalized IoU (Rezatofighi et al. 2019): IoU minus the share of the enclosing box that neither covers.
+inline float giou(const Box& a, const Box& b) {
+  const float inter = intersection(a, b);
+  const float uni = a.area() + b.area() - inter;
+  const float enclosing = (std::max(a.x2, b.x2) - std::min(a.x1, b.x1)) * (std::max(a.y2, b.y2) - std::min(a.y1, b.y1));
+  const float overlap = uni > 0 ? inter / uni : 0.f;
+  return enclosing > 0 ? overlap - (enclosing - uni) / enclosing : overlap;
+}
+
+// Distance IoU (Zheng et al. 2020): IoU minus squared centre distance over the enclosing box's squared diagonal.
+inline float diou(const Box& a, const Box& b) {
+  const float dx = a.center_x() - b.center_x();
+  const float dy = a.center_y() - b.center_y();
+  const float ex = std::max(a.x2, b.x2) - std::min(a.x1, b.x1);
+  const float ey = std::max(a.y2, b.y2) - std::min(a.y1, b.y1);
+  const float diagonal2 = ex * ex + ey * ey;
+  const float overlap = iou(a, b);
+  return diagonal2 > 0 ? overlap - (dx * dx + dy * dy) / diagonal2 : overlap;
+}
+
+inline float overlap(const Box& a, const Box& b, BoxMetric metric) {
+  switch (metric) {
+    case BoxMetric::IoU: return iou(a, b);
+    case BoxMetric::IoS: return ios(a, b);
+    case BoxMetric::GIoU: return giou(a, b);
+    case BoxMetric::DIoU: return diou(a, b);
+  }
+  return 0.f;
+}
+
+using OverlapMatrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+
+// All pairs: result(i, j) = metric(a[i], b[j]).
+OverlapMatrix overlap_matrix(Span<Box> a, Span<Box> b, BoxMetric metric);
+// Aligned pairs: result[i] = metric(a[i], b[i]); a and b must have the same length.
+std::vector<float> overlap_aligned(Span<Box> a, Span<Box> b, BoxMetric metric);
+
+// Box encodings: corners, corner + size, centre + size (torchvision's names).
+enum class BoxFormat { XYXY, XYWH, CXCYWH };
+BoxFormat parse_box_format(std::string_view name);  // "xyxy", "xywh", "cxcywh"
+
+inline std::array<float, 4> to_xyxy(std::array<float, 4> v, BoxFormat from) {
+  switch (from) {
+    case BoxFormat::XYXY: return v;
+    case BoxFormat::XYWH: return {v[0], v[1], v[0] + v[2], v[1] + v[3]};
+    case BoxFormat::CXCYWH:
+      return {v[0] - 0.5f * v[2], v[1] - 0.5f * v[3], v[0] + 0.5f * v[2], v[1] + 0.5f * v[3]};
+  }
+  return v;
+}
+
+inline std::array<float, 4> from_xyxy(std::array<float, 4> v, BoxFormat to) {
+  switch (to) {
+    case BoxFormat::XYXY: return v;
+    case BoxFormat::XYWH: return {v[0], v[1], v[2] - v[0], v[3] - v[1]};
+    case BoxFormat::CXCYWH: return {0.5f * (v[0] + v[2]), 0.5f * (v[1] + v[3]), v[2] - v[0], v[3] - v[1]};
+  }
+  return v;
+}
+
+inline std::array<float, 4> convert_box(std::array<float, 4> v, BoxFormat from, BoxFormat to) {
+  return from == to ? v : from_xyxy(to_xyxy(v, from), to);
+}
+
+// Clamps a box to the image [0, width] × [0, height].
+inline Box clip_box(const Box& b, float width, float height) {
+  return {std::clamp(b.x1, 0.f, width), std::clamp(b.y1, 0.f, height), std::clamp(b.x2, 0.f, width),
+          std::clamp(b.y2, 0.f, height)};
+}
+
+// Throws std::invalid_argument naming `what`, the index and the value, if a box has a non-finite
+// coordinate or x2 < x1 or y2 < y1.
+void validate_boxes(Span<Box> boxes, std::string_view what);
+
+}  // namespace bloodcv

@@ -1,0 +1,111 @@
+#include "bloodcv/tiler.hpp"
+
+#include <opencv2/core.hpp>
+
+#include "check.hpp"
+
+namespace bloodcv {
+
+using detail::fail_argument;
+
+namespace {
+
+// Start positions along one axis: steps of tile - overlap, the last one moved back to end at the border.
+std::vector<int> tile_starts(int length, int tile, int overlap) {
+  if (length <= tile) return {0};
+  std::vector<int> starts;
+  const int step = tile - overlap;
+  for (int x = 0;; x += step) {
+    if (x + tile >= length) {
+      starts.push_back(length - tile);
+      return starts;
+    }
+    starts.push_back(x);
+  }
+}
+
+}  // namespace
+
+GridTiler::GridTiler(GridTilerOptions options) : options_(options) {
+  const cv::Size t = options_.tile_size;
+  if (t.width <= 0 || t.height <= 0) fail_argument("tile_size must be positive, got {}x{}", t.width, t.height);
+  if (options_.overlap_pixels) {
+    const int px = *options_.overlap_pixels;
+    if (px < 0 || px >= std::min(t.width, t.height))
+      fail_argument("overlap_pixels must be in [0, {}) for tile_size {}x{}, got {}", std::min(t.width, t.height), t.width,
+                    t.height, px);
+    overlap_ = {px, px};
+  } else {
+    const double r = options_.overlap_ratio;
+    if (!(r >= 0.0 && r < 1.0)) fail_argument("overlap_ratio must be in [0, 1), got {}", r);
+    // Rounded down, and always leaving a step of at least one pixel.
+    overlap_ = {std::min(static_cast<int>(r * t.width), t.width - 1), std::min(static_cast<int>(r * t.height), t.height - 1)};
+  }
+}
+
+std::vector<Tile> GridTiler::plan(cv::Size image_size) const {
+  if (image_size.width <= 0 || image_size.height <= 0)
+    fail_argument("image size must be positive, got {}x{}", image_size.width, image_size.height);
+  const cv::Size t = options_.tile_size;
+  const auto xs = tile_starts(image_size.width, t.width, overlap_.width);
+  const auto ys = tile_starts(image_size.height, t.height, overlap_.height);
+  std::vector<Tile> tiles;
+  tiles.reserve(xs.size() * ys.size() + 1);
+  for (const int y : ys)
+    for (const int x : xs)
+      tiles.push_back(Tile{cv::Rect(x, y, std::min(t.width, image_size.width), std::min(t.height, image_size.height)), {}, false});
+  if (options_.whole_image_pass && tiles.size() > 1) tiles.push_back(Tile{cv::Rect({0, 0}, image_size), {}, true});
+  return tiles;
+}
+
+std::vector<Tile> GridTiler::tiles(const cv::Mat& image) const {
+  if (image.empty()) fail_argument("image is empty ({}x{})", image.cols, image.rows);
+  if (image.dims != 2) fail_argument("image must be 2-D (rows x cols x channels), got {} dimensions", image.dims);
+  std::vector<Tile> tiles = plan(image.size());
+  const cv::Size t = options_.tile_size;
+  for (Tile& tile : tiles) {
+    tile.image = image(tile.region);
+    const int pad_right = t.width - tile.region.width, pad_bottom = t.height - tile.region.height;
+    if (!tile.whole_image && (pad_right > 0 || pad_bottom > 0)) {
+      cv::Mat padded;
+      cv::copyMakeBorder(tile.image, padded, 0, pad_bottom, 0, pad_right, cv::BORDER_CONSTANT, options_.pad_value);
+      tile.image = padded;
+    }
+  }
+  return tiles;
+}
+
+std::vector<Detection> to_image_coordinates(std::vector<Detection> detections, const Tile& tile, cv::Size image_size) {
+  const cv::Rect& r = tile.region;
+  std::vector<Detection> out;
+  out.reserve(detections.size());
+  for (Detection& d : detections) {
+    if (d.box.x1 >= static_cast<float>(r.width) || d.box.y1 >= static_cast<float>(r.height)) continue;  // in padding
+    const Box shifted{d.box.x1 + static_cast<float>(r.x), d.box.y1 + static_cast<float>(r.y), d.box.x2 + static_cast<float>(r.x),
+                      d.box.y2 + static_cast<float>(r.y)};
+    d.box = clip_box(shifted, static_cast<float>(image_size.width), static_cast<float>(image_size.height));
+    out.push_back(std::move(d));
+  }
+  return out;
+}
+
+NonMaxMerge seam_merger() {
+  NonMaxMergeOptions options;
+  options.match_threshold = 0.5;
+  options.metric = BoxMetric::IoS;
+  return NonMaxMerge(options);
+}
+
+std::vector<Detection> merge_tile_detections(const std::vector<std::vector<Detection>>& per_tile, const std::vector<Tile>& tiles,
+                                             cv::Size image_size, const Suppressor& merger) {
+  if (per_tile.size() != tiles.size())
+    fail_argument("got detections for {} tiles but {} tiles", per_tile.size(), tiles.size());
+  std::vector<Detection> all;
+  for (std::size_t i = 0; i < tiles.size(); ++i) {
+    auto mapped = to_image_coordinates(per_tile[i], tiles[i], image_size);
+    all.insert(all.end(), std::make_move_iterator(mapped.begin()), std::make_move_iterator(mapped.end()));
+  }
+  return suppress(merger, all);
+}
+
+}  // namespace bloodcv

@@ -1,0 +1,136 @@
+#include <catch2/catch.hpp>
+
+#include <random>
+
+#include "bloodcv/tiler.hpp"
+
+using namespace bloodcv;
+using Catch::Matchers::Contains;
+
+namespace {
+
+GridTiler make_tiler(int w, int h, double overlap = 0.15, bool whole_image = false) {
+  GridTilerOptions o;
+  o.tile_size = {w, h};
+  o.overlap_ratio = overlap;
+  o.whole_image_pass = whole_image;
+  return GridTiler(o);
+}
+
+std::vector<cv::Rect> regions(const std::vector<Tile>& tiles) {
+  std::vector<cv::Rect> out;
+  for (const Tile& t : tiles) out.push_back(t.region);
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("grid plan: steps of tile - overlap, last tile shifted inward", "[tiler]") {
+  const GridTiler tiler = make_tiler(400, 400);
+  CHECK(tiler.overlap() == cv::Size(60, 60));
+  // x: 0, 340, then 680 + 400 > 1000 so the last starts at 600; y: 0, then 100.
+  CHECK(regions(tiler.plan({1000, 500})) ==
+        std::vector<cv::Rect>{{0, 0, 400, 400}, {340, 0, 400, 400}, {600, 0, 400, 400},
+                              {0, 100, 400, 400}, {340, 100, 400, 400}, {600, 100, 400, 400}});
+  CHECK(tiler.plan({400, 400}).size() == 1);
+  CHECK(tiler.plan({401, 400}).size() == 2);
+}
+
+TEST_CASE("overlap in pixels and the whole-image pass", "[tiler]") {
+  GridTilerOptions o;
+  o.tile_size = {100, 50};
+  o.overlap_pixels = 20;
+  o.whole_image_pass = true;
+  const auto tiles = GridTiler(o).plan({180, 50});
+  REQUIRE(tiles.size() == 3);
+  CHECK(tiles[0].region == cv::Rect(0, 0, 100, 50));
+  CHECK(tiles[1].region == cv::Rect(80, 0, 100, 50));
+  CHECK(tiles[2].whole_image);
+  CHECK(tiles[2].region == cv::Rect(0, 0, 180, 50));
+}
+
+TEST_CASE("tiles are views of the source image", "[tiler]") {
+  cv::Mat image(480, 640, CV_8UC3);
+  cv::randu(image, 0, 255);
+  const auto tiles = make_tiler(256, 256).tiles(image);
+  REQUIRE(tiles.size() == 9);  // overlap 38 px, step 218: x 0, 218, 384; y 0, 218, 224
+  for (const Tile& t : tiles) {
+    CHECK(t.image.size() == cv::Size(256, 256));
+    CHECK(t.image.data == image.ptr(t.region.y, t.region.x));  // no copy
+  }
+}
+
+TEST_CASE("an image smaller than a tile gives one padded tile", "[tiler]") {
+  cv::Mat image(100, 150, CV_8UC3, cv::Scalar(1, 2, 3));
+  const auto tiles = make_tiler(256, 200, 0.15, true).tiles(image);
+  REQUIRE(tiles.size() == 1);  // the whole-image pass would repeat the only tile
+  CHECK(tiles[0].region == cv::Rect(0, 0, 150, 100));
+  CHECK(tiles[0].image.size() == cv::Size(256, 200));
+  CHECK(tiles[0].image.at<cv::Vec3b>(99, 149) == cv::Vec3b(1, 2, 3));
+  CHECK(tiles[0].image.at<cv::Vec3b>(150, 200) == cv::Vec3b(114, 114, 114));
+}
+
+TEST_CASE("tiling round trip: cells cut by seams are found exactly once", "[tiler]") {
+  // Cells on a lattice, none touching another; a perfect detector sees in each tile the visible part
+  // of every cell it meets, scored by the visible fraction.
+  const cv::Size image_size(1000, 700);
+  std::vector<Box> cells;
+  std::mt19937 rng(3);
+  std::uniform_real_distribution<float> jitter(0, 8), side(20, 40);
+  for (float y = 5; y + 50 < image_size.height; y += 55)
+    for (float x = 5; x + 50 < image_size.width; x += 55) {
+      const float x1 = x + jitter(rng), y1 = y + jitter(rng);
+      cells.push_back({x1, y1, x1 + side(rng), y1 + side(rng)});
+    }
+  const GridTiler tiler = make_tiler(256, 256, 0.2);  // overlap 51 px >= the largest cell
+  const auto tiles = tiler.plan(image_size);
+  std::vector<std::vector<Detection>> per_tile(tiles.size());
+  std::size_t cut = 0;
+  for (std::size_t t = 0; t < tiles.size(); ++t) {
+    const cv::Rect r = tiles[t].region;
+    const Box tile_box{float(r.x), float(r.y), float(r.x + r.width), float(r.y + r.height)};
+    for (std::size_t c = 0; c < cells.size(); ++c) {
+      const float visible = intersection(cells[c], tile_box);
+      if (visible <= 0) continue;
+      const Box part = clip_box({cells[c].x1 - r.x, cells[c].y1 - r.y, cells[c].x2 - r.x, cells[c].y2 - r.y}, float(r.width),
+                                float(r.height));
+      if (visible < cells[c].area()) ++cut;
+      per_tile[t].push_back(Detection{part, visible / cells[c].area(), static_cast<std::int64_t>(c % 2)});
+    }
+  }
+  REQUIRE(cut > 20);  // the test means something only if seams cut many cells
+  const auto merged = merge_tile_detections(per_tile, tiles, image_size);
+  REQUIRE(merged.size() == cells.size());
+  for (const Box& cell : cells) {
+    const auto same = std::count_if(merged.begin(), merged.end(), [&](const Detection& d) {
+      return std::abs(d.box.x1 - cell.x1) < 1e-3f && std::abs(d.box.y1 - cell.y1) < 1e-3f &&
+             std::abs(d.box.x2 - cell.x2) < 1e-3f && std::abs(d.box.y2 - cell.y2) < 1e-3f && d.score == 1.f;
+    });
+    CHECK(same == 1);
+  }
+}
+
+TEST_CASE("mapping to image coordinates shifts, clips and drops padding", "[tiler]") {
+  Tile tile{cv::Rect(100, 50, 60, 40), {}, false};
+  std::vector<Detection> dets(3);
+  dets[0].box = {10, 10, 20, 20};
+  dets[1].box = {50, 30, 90, 60};  // runs into the padding: clipped
+  dets[2].box = {70, 0, 80, 10};   // wholly in the padding: dropped
+  const auto out = to_image_coordinates(dets, tile, {160, 90});
+  REQUIRE(out.size() == 2);
+  CHECK(out[0].box == Box{110, 60, 120, 70});
+  CHECK(out[1].box == Box{150, 80, 160, 90});
+}
+
+TEST_CASE("bad tiler input names the argument and value", "[tiler][errors]") {
+  CHECK_THROWS_WITH(make_tiler(0, 10), Contains("tile_size") && Contains("0x10"));
+  CHECK_THROWS_WITH(make_tiler(10, 10, 1.0), Contains("overlap_ratio") && Contains("1"));
+  CHECK_THROWS_WITH(make_tiler(10, 10, -0.1), Contains("overlap_ratio"));
+  GridTilerOptions o;
+  o.tile_size = {64, 32};
+  o.overlap_pixels = 32;
+  CHECK_THROWS_WITH(GridTiler(o), Contains("overlap_pixels") && Contains("32"));
+  CHECK_THROWS_WITH(make_tiler(64, 64).tiles(cv::Mat()), Contains("image is empty"));
+  CHECK_THROWS_WITH(make_tiler(64, 64).plan({0, 10}), Contains("image size"));
+  CHECK_THROWS_WITH(merge_tile_detections({{}}, {}, {10, 10}), Contains("1 tiles but 0"));
+}
