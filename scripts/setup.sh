@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# One-command set-up, safe to re-run: Debian packages (only the missing ones), the Python virtual env
+# (Debian's python3 with its torch), the C++ build and install, and the Python package in the env.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PACKAGES=(
+  build-essential cmake git
+  libopencv-dev libeigen3-dev libfmt-dev nlohmann-json3-dev libcli11-dev catch2
+  pybind11-dev python3-dev python3-venv python3-pip python3-setuptools python3-wheel
+  python3-numpy python3-pytest python3-torch python3-torchvision
+)
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]}"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+VENV=.venv
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "setup: creating $VENV from /usr/bin/python3 (with Debian's torch)"
+  /usr/bin/python3 -m venv --system-site-packages "$VENV"
+fi
+
+JOBS=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}
+cmake -S . -B build -DPython_EXECUTABLE="$PWD/$VENV/bin/python" -DCMAKE_INSTALL_PREFIX="$PWD/build/install" >/dev/null
+cmake --build build -j "$JOBS"
+cmake --install build >/dev/null
+# The extension is already built in build/: pip only copies it into the env.
+"$VENV/bin/python" -m pip install --quiet --no-build-isolation --no-deps --no-index . 
+echo "setup: done (C++ installed in build/install, Python package in $VENV)"

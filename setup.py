@@ -1,0 +1,26 @@
+"""Builds bloodcv._core with the project's CMake build (in build/, shared with scripts/setup.sh)."""
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+ROOT = Path(__file__).resolve().parent
+
+
+class CMakeBuild(build_ext):
+    def build_extension(self, ext):
+        build_dir = Path(os.environ.get("BLOODCV_BUILD_DIR", ROOT / "build"))
+        subprocess.check_call(["cmake", "-S", str(ROOT), "-B", str(build_dir), f"-DPython_EXECUTABLE={sys.executable}"])
+        jobs = os.environ.get("CMAKE_BUILD_PARALLEL_LEVEL", str(os.cpu_count() or 1))
+        subprocess.check_call(["cmake", "--build", str(build_dir), "--target", "_core", "-j", jobs])
+        built = next((build_dir / "python" / "bloodcv").glob("_core*.so"))
+        target = Path(self.get_ext_fullpath(ext.name))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(built, target)
+
+
+setup(ext_modules=[Extension("bloodcv._core", sources=[])], cmdclass={"build_ext": CMakeBuild})
