@@ -73,6 +73,7 @@ int cv_depth(const py::dtype& dtype) {
 cv::Mat mat_view(const py::array& image) {
   if (image.ndim() != 2 && image.ndim() != 3)
     throw py::value_error(fmt::format("image must have shape (H, W) or (H, W, C), got {}", shape_of(image)));
+  if (image.size() == 0) throw py::value_error(fmt::format("image is empty, shape {}", shape_of(image)));
   const int channels = image.ndim() == 3 ? static_cast<int>(image.shape(2)) : 1;
   if (channels < 1 || channels > 4) throw py::value_error(fmt::format("image must have 1 to 4 channels, got {}", channels));
   const auto item = image.itemsize();
