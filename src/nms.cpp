@@ -7,6 +7,7 @@
 
 #include "box_grid.hpp"
 #include "check.hpp"
+#include "ranking.hpp"
 
 namespace bloodcv {
 
@@ -14,6 +15,9 @@ using detail::BoxGrid;
 using detail::check_positive;
 using detail::check_unit_interval;
 using detail::fail_argument;
+using detail::rank_by_score;
+using detail::ranks_of;
+using detail::RankedGroups;
 
 void ScoredBoxes::validate() const {
   if (scores.size() != boxes.size())
@@ -38,24 +42,6 @@ bool same_class(const ScoredBoxes& in, bool class_aware, std::int32_t i, std::in
   return !class_aware || in.labels.empty() || in.labels[static_cast<std::size_t>(i)] == in.labels[static_cast<std::size_t>(j)];
 }
 
-// Indices of the boxes scoring at least `min_score`, by decreasing score, equal scores by index.
-std::vector<std::int32_t> rank_by_score(Span<float> scores, float min_score) {
-  std::vector<std::pair<float, std::int32_t>> ranked;
-  ranked.reserve(scores.size());
-  for (std::size_t i = 0; i < scores.size(); ++i)
-    if (scores[i] >= min_score) ranked.emplace_back(scores[i], static_cast<std::int32_t>(i));
-  std::sort(ranked.begin(), ranked.end(), [](const auto& a, const auto& b) {
-    return a.first > b.first || (a.first == b.first && a.second < b.second);
-  });
-  std::vector<std::int32_t> order(ranked.size());
-  std::transform(ranked.begin(), ranked.end(), order.begin(), [](const auto& r) { return r.second; });
-  return order;
-}
-
-Box enclosing(const Box& a, const Box& b) {
-  return {std::min(a.x1, b.x1), std::min(a.y1, b.y1), std::max(a.x2, b.x2), std::max(a.y2, b.y2)};
-}
-
 // Greedy NMS over a ranking: a box is kept unless a kept box ranked before it matches it
 // (metric > threshold). Only kept boxes enter the grid, so dense clusters cost no more than the few
 // boxes they keep. With `leader`, every suppressed box records the highest-ranked kept box it matches.
@@ -67,8 +53,7 @@ std::vector<std::int32_t> greedy_suppress(const ScoredBoxes& in, const std::vect
   std::vector<std::int32_t> rank;
   if (leader) {
     leader->assign(in.boxes.size(), -1);
-    rank.assign(in.boxes.size(), 0);
-    for (std::size_t r = 0; r < order.size(); ++r) rank[static_cast<std::size_t>(order[r])] = static_cast<std::int32_t>(r);
+    rank = ranks_of(order, in.boxes.size());
   }
   for (const std::int32_t i : order) {
     if (max_detections != kNoLimit && static_cast<std::int64_t>(kept.size()) >= max_detections) break;
@@ -291,33 +276,6 @@ NonMaxMerge::NonMaxMerge(NonMaxMergeOptions options) : options_(options) {
   check_unit_interval(options_.match_threshold, "match_threshold");
 }
 
-namespace {
-
-class DisjointSets {
- public:
-  explicit DisjointSets(std::size_t n) : parent_(n) { std::iota(parent_.begin(), parent_.end(), std::int32_t{0}); }
-  std::int32_t find(std::int32_t x) {
-    while (parent_[static_cast<std::size_t>(x)] != x) {
-      parent_[static_cast<std::size_t>(x)] = parent_[static_cast<std::size_t>(parent_[static_cast<std::size_t>(x)])];
-      x = parent_[static_cast<std::size_t>(x)];
-    }
-    return x;
-  }
-  // The root is the member of lower rank, so every root is its group's top-ranked box.
-  void unite(std::int32_t a, std::int32_t b, const std::vector<std::int32_t>& rank) {
-    a = find(a);
-    b = find(b);
-    if (a == b) return;
-    if (rank[static_cast<std::size_t>(b)] < rank[static_cast<std::size_t>(a)]) std::swap(a, b);
-    parent_[static_cast<std::size_t>(b)] = a;
-  }
-
- private:
-  std::vector<std::int32_t> parent_;
-};
-
-}  // namespace
-
 Suppression NonMaxMerge::suppress(const ScoredBoxes& in) const {
   in.validate();
   const auto order = rank_by_score(in.scores, -std::numeric_limits<float>::infinity());
@@ -329,21 +287,19 @@ Suppression NonMaxMerge::suppress(const ScoredBoxes& in) const {
     leaders = greedy_suppress(in, order, options_.match_threshold, options_.metric, options_.class_aware, kNoLimit, &leader);
     for (std::size_t i = 0; i < n; ++i) group_of[i] = leader[i] < 0 ? static_cast<std::int32_t>(i) : leader[i];
   } else {
-    std::vector<std::int32_t> rank(n);
-    for (std::size_t r = 0; r < n; ++r) rank[static_cast<std::size_t>(order[r])] = static_cast<std::int32_t>(r);
-    DisjointSets sets(n);
+    RankedGroups groups(ranks_of(order, n));
     BoxGrid grid(in.boxes, n);
     for (const std::int32_t i : order) {
       const Box& box = in.boxes[static_cast<std::size_t>(i)];
       grid.visit(box, [&](std::int32_t j) {
         if (same_class(in, options_.class_aware, i, j) &&
             overlap(in.boxes[static_cast<std::size_t>(j)], box, options_.metric) > options_.match_threshold)
-          sets.unite(i, j, rank);
+          groups.unite(i, j);
         return false;
       });
       grid.insert(i, box);
     }
-    for (std::size_t i = 0; i < n; ++i) group_of[i] = sets.find(static_cast<std::int32_t>(i));
+    for (std::size_t i = 0; i < n; ++i) group_of[i] = groups.leader(static_cast<std::int32_t>(i));
     for (const std::int32_t i : order)
       if (group_of[static_cast<std::size_t>(i)] == i) leaders.push_back(i);
   }
@@ -351,7 +307,7 @@ Suppression NonMaxMerge::suppress(const ScoredBoxes& in) const {
   std::vector<Box> merged(in.boxes.begin(), in.boxes.end());
   for (std::size_t i = 0; i < n; ++i) {
     const auto g = static_cast<std::size_t>(group_of[i]);
-    merged[g] = enclosing(merged[g], in.boxes[i]);
+    merged[g] = enclosing_box(merged[g], in.boxes[i]);
   }
   Suppression out = kept_as_is(in, leaders, in.scores);
   for (std::size_t k = 0; k < leaders.size(); ++k) out.boxes[k] = merged[static_cast<std::size_t>(leaders[k])];

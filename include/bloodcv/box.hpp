@@ -130,6 +130,11 @@ inline std::array<float, 4> convert_box(std::array<float, 4> v, BoxFormat from, 
   return from == to ? v : from_xyxy(to_xyxy(v, from), to);
 }
 
+// The smallest box holding both.
+inline Box enclosing_box(const Box& a, const Box& b) {
+  return {std::min(a.x1, b.x1), std::min(a.y1, b.y1), std::max(a.x2, b.x2), std::max(a.y2, b.y2)};
+}
+
 // Clamps a box to the image [0, width] × [0, height].
 inline Box clip_box(const Box& b, float width, float height) {
   return {std::clamp(b.x1, 0.f, width), std::clamp(b.y1, 0.f, height), std::clamp(b.x2, 0.f, width),

@@ -57,14 +57,28 @@ class GridTiler final : public Tiler {
 // boxes that lie wholly in a tile's padding are dropped.
 std::vector<Detection> to_image_coordinates(std::vector<Detection> detections, const Tile& tile, cv::Size image_size);
 
-// The default seam merger: greedy non-max merging, IoS > 0.5, per class. A cell cut by a seam is
-// mostly inside its whole box in the neighbouring tile: high IoS where IoU stays low.
-NonMaxMerge seam_merger();
+// How detections of different tiles are recognised as the same cell. Both tiles saw the same pixels
+// where they overlap, so the parts of the two boxes inside that shared region coincide for one cell
+// (whole or cut by a seam) and differ for two touching cells: they match when metric(part a, part b)
+// > match_threshold. Two detections of the same tile never match: the detector already separated them.
+// Matching is transitive (a cell at a tile corner has up to four pieces); a group becomes one
+// detection with the enclosing box of its members and the fields of its top-scoring member.
+struct SeamMergeOptions {
+  double match_threshold = 0.5;
+  BoxMetric metric = BoxMetric::IoU;
+  bool class_aware = true;
+};
 
 // Detections of all tiles (tile-local, one vector per tile in the order of `tiles`) → one set in
-// image coordinates with seam duplicates merged by `merger`.
+// image coordinates, seam duplicates merged, by decreasing score.
 std::vector<Detection> merge_tile_detections(const std::vector<std::vector<Detection>>& per_tile,
                                              const std::vector<Tile>& tiles, cv::Size image_size,
-                                             const Suppressor& merger = seam_merger());
+                                             const SeamMergeOptions& options = {});
+
+// The same, but pooling all detections in image coordinates and handing them to any strategy of the
+// NMS family, as SAHI does (e.g. NonMaxMerge with IoS, its default), ignoring which tile saw what.
+std::vector<Detection> merge_tile_detections(const std::vector<std::vector<Detection>>& per_tile,
+                                             const std::vector<Tile>& tiles, cv::Size image_size,
+                                             const Suppressor& merger);
 
 }  // namespace bloodcv

@@ -78,15 +78,17 @@ order with their output boxes (merged where the strategy merges) and scores."""
 _core.Suppressor.__call__ = _suppress
 
 
-def merge_tile_detections(tiles, boxes, scores, labels=None, image_size=None, merger=None):
+def merge_tile_detections(tiles, boxes, scores, labels=None, *, image_size, merger=None, match_threshold=0.5,
+                          metric="iou", class_aware=True):
     """Detections of each tile (tile-local boxes, one array per tile) → one set in image coordinates.
 
-    image_size is (width, height); merger is a Suppressor, by default greedy non-max merging by IoS > 0.5.
-    Returns a dict with 'boxes', 'scores' and 'labels' arrays (of the kind the boxes were given as)."""
-    if image_size is None:
-        raise ValueError("image_size (width, height) is required")
+    image_size is (width, height). By default detections of different tiles are the same cell when the
+    parts of their boxes inside the two tiles' shared region match (metric > match_threshold); a
+    Suppressor as merger instead pools all detections into that strategy (SAHI's way).
+    Returns a dict of 'boxes', 'scores' and 'labels' arrays (of the kind the boxes were given as)."""
     reference = boxes[0] if len(boxes) else None
     merged = _core.merge_tile_detections(
         list(tiles), [to_numpy(b, np.float32) for b in boxes], [to_numpy(s, np.float32) for s in scores],
-        None if labels is None else [to_numpy(l, np.int64) for l in labels], tuple(image_size), merger)
+        None if labels is None else [to_numpy(l, np.int64) for l in labels], tuple(image_size), merger,
+        match_threshold, metric, class_aware)
     return {k: like(v, reference) for k, v in merged.items()}

@@ -335,7 +335,7 @@ PYBIND11_MODULE(_core, m) {
       "merge_tile_detections",
       [](const std::vector<PyTile>& tiles, const std::vector<FloatArray>& boxes, const std::vector<FloatArray>& scores,
          const std::optional<std::vector<LabelArray>>& labels, std::pair<int, int> image_size,
-         std::shared_ptr<Suppressor> merger) {
+         std::shared_ptr<Suppressor> merger, double match_threshold, const std::string& metric, bool class_aware) {
         if (boxes.size() != tiles.size() || scores.size() != tiles.size() || (labels && labels->size() != tiles.size()))
           throw py::value_error(fmt::format("need one boxes, scores (and labels) array per tile: {} tiles, {} boxes, {} scores",
                                             tiles.size(), boxes.size(), scores.size()));
@@ -346,9 +346,12 @@ PYBIND11_MODULE(_core, m) {
           plain.push_back(tiles[i].tile);
         }
         const cv::Size size{image_size.first, image_size.second};
-        const auto merged = merger ? merge_tile_detections(per_tile, plain, size, *merger) : merge_tile_detections(per_tile, plain, size);
+        const auto merged = merger ? merge_tile_detections(per_tile, plain, size, *merger)
+                                   : merge_tile_detections(per_tile, plain, size,
+                                                           SeamMergeOptions{match_threshold, parse_box_metric(metric), class_aware});
         return detections_to_dict(merged);
       },
       py::arg("tiles"), py::arg("boxes"), py::arg("scores"), py::arg("labels") = py::none(), py::arg("image_size"),
-      py::arg("merger") = py::none());
+      py::arg("merger") = py::none(), py::arg("match_threshold") = 0.5, py::arg("metric") = "iou",
+      py::arg("class_aware") = true);
 }

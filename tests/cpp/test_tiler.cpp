@@ -110,6 +110,39 @@ TEST_CASE("tiling round trip: cells cut by seams are found exactly once", "[tile
   }
 }
 
+TEST_CASE("seam merging tells touching cells apart where pooled IoS merging cannot", "[tiler]") {
+  // Tiles x 0..120 and 80..200 share x 80..120. Cell A is whole in tile 0 and cut in tile 1; cell B,
+  // overlapping A, is cut in tile 0 and whole in tile 1. The cut part of B lies mostly inside A
+  // (IoS 0.55), so pooled IoS merging swallows it into A; the parts of A and B inside the shared
+  // region differ (IoU 0.43), while the two views of each cell coincide there.
+  GridTilerOptions o;
+  o.tile_size = {120, 100};
+  o.overlap_pixels = 40;
+  const auto tiles = GridTiler(o).plan({200, 100});
+  REQUIRE(tiles.size() == 2);
+  const Box a{60, 10, 110, 60}, b{84, 22, 134, 72};
+  auto det = [](Box box, float score) { return Detection{box, score, 0}; };
+  const std::vector<std::vector<Detection>> per_tile{
+      {det(a, 1.f), det({84, 22, 120, 72}, 0.72f)},                   // tile 0, local = image coordinates
+      {det({0, 10, 30, 60}, 0.6f), det({4, 22, 54, 72}, 1.f)}};       // tile 1, shifted by 80
+  const auto seam = merge_tile_detections(per_tile, tiles, {200, 100});
+  REQUIRE(seam.size() == 2);
+  CHECK(seam[0].box == a);
+  CHECK(seam[1].box == b);
+
+  const auto pooled = merge_tile_detections(per_tile, tiles, {200, 100}, NonMaxMerge());
+  REQUIRE(pooled.size() == 2);
+  CHECK(pooled[0].box == Box{60, 10, 120, 72});  // A grew over the cut part of B
+}
+
+TEST_CASE("seam merging never merges two detections of the same tile", "[tiler]") {
+  GridTilerOptions o;
+  o.tile_size = {100, 100};
+  const auto tiles = GridTiler(o).plan({100, 100});
+  const std::vector<std::vector<Detection>> per_tile{{Detection{{10, 10, 50, 50}, 0.9f, 0}, Detection{{10, 10, 50, 50}, 0.8f, 0}}};
+  CHECK(merge_tile_detections(per_tile, tiles, {100, 100}).size() == 2);
+}
+
 TEST_CASE("mapping to image coordinates shifts, clips and drops padding", "[tiler]") {
   Tile tile{cv::Rect(100, 50, 60, 40), {}, false};
   std::vector<Detection> dets(3);
