@@ -49,7 +49,7 @@ std::vector<std::int32_t> greedy_suppress(const ScoredBoxes& in, const std::vect
                                           BoxMetric metric, bool class_aware, std::int64_t max_detections,
                                           std::vector<std::int32_t>* leader) {
   std::vector<std::int32_t> kept;
-  BoxGrid grid(in.boxes, in.boxes.size());
+  BoxGrid grid(in.boxes);
   std::vector<std::int32_t> rank;
   if (leader) {
     leader->assign(in.boxes.size(), -1);
@@ -59,8 +59,8 @@ std::vector<std::int32_t> greedy_suppress(const ScoredBoxes& in, const std::vect
     if (max_detections != kNoLimit && static_cast<std::int64_t>(kept.size()) >= max_detections) break;
     const Box& box = in.boxes[static_cast<std::size_t>(i)];
     std::int32_t best = -1;
-    grid.visit(box, [&](std::int32_t k) {
-      if (!same_class(in, class_aware, i, k) || !(overlap(in.boxes[static_cast<std::size_t>(k)], box, metric) > threshold))
+    grid.visit(box, [&](std::int32_t k, const Box& kept_box) {
+      if (!same_class(in, class_aware, i, k) || !(overlap(kept_box, box, metric) > threshold))
         return false;
       if (!leader) {
         best = k;
@@ -135,7 +135,7 @@ Suppression SoftNms::suppress(const ScoredBoxes& in) const {
   using Entry = std::pair<float, std::int32_t>;
   auto lower = [](const Entry& a, const Entry& b) { return a.first < b.first || (a.first == b.first && a.second > b.second); };
   std::priority_queue<Entry, std::vector<Entry>, decltype(lower)> heap(lower);
-  BoxGrid grid(in.boxes, n);
+  BoxGrid grid(in.boxes);
   for (std::size_t i = 0; i < n; ++i) {
     if (score[i] < options_.score_threshold) {
       done[i] = 1;
@@ -154,10 +154,10 @@ Suppression SoftNms::suppress(const ScoredBoxes& in) const {
     if (done[ui] || s != score[ui]) continue;
     done[ui] = 1;
     kept.push_back(i);
-    grid.visit(in.boxes[ui], [&](std::int32_t j) {
+    grid.visit(in.boxes[ui], [&](std::int32_t j, const Box& other) {
       const auto uj = static_cast<std::size_t>(j);
       if (done[uj] || !same_class(in, options_.class_aware, i, j)) return false;
-      const float v = iou(in.boxes[ui], in.boxes[uj]);
+      const float v = iou(in.boxes[ui], other);
       const float weight = options_.method == SoftNmsMethod::Linear ? (v > options_.iou_threshold ? 1.f - v : 1.f)
                                                                      : std::exp(-(v * v) / options_.sigma);
       if (weight >= 1.f) return false;
@@ -214,12 +214,12 @@ Suppression WeightedBoxFusion::suppress(const ScoredBoxes& in) const {
   };
   std::vector<Cluster> clusters;
   const auto order = rank_by_score(in.scores, options_.skip_box_threshold);
-  BoxGrid grid(in.boxes, in.boxes.size());
+  BoxGrid grid(in.boxes);
   for (const std::int32_t i : order) {
     const Box& box = in.boxes[static_cast<std::size_t>(i)];
     std::int32_t best = -1;
     double best_iou = options_.iou_threshold;
-    grid.visit(box, [&](std::int32_t c) {
+    grid.visit(box, [&](std::int32_t c, const Box&) {  // the stored box may be stale: read the cluster's
       const Cluster& cluster = clusters[static_cast<std::size_t>(c)];
       if (!same_class(in, true, i, cluster.founder)) return false;
       const float v = iou(cluster.fused, box);
@@ -288,12 +288,11 @@ Suppression NonMaxMerge::suppress(const ScoredBoxes& in) const {
     for (std::size_t i = 0; i < n; ++i) group_of[i] = leader[i] < 0 ? static_cast<std::int32_t>(i) : leader[i];
   } else {
     RankedGroups groups(ranks_of(order, n));
-    BoxGrid grid(in.boxes, n);
+    BoxGrid grid(in.boxes);
     for (const std::int32_t i : order) {
       const Box& box = in.boxes[static_cast<std::size_t>(i)];
-      grid.visit(box, [&](std::int32_t j) {
-        if (same_class(in, options_.class_aware, i, j) &&
-            overlap(in.boxes[static_cast<std::size_t>(j)], box, options_.metric) > options_.match_threshold)
+      grid.visit(box, [&](std::int32_t j, const Box& other) {
+        if (same_class(in, options_.class_aware, i, j) && overlap(other, box, options_.metric) > options_.match_threshold)
           groups.unite(i, j);
         return false;
       });

@@ -148,10 +148,10 @@ std::vector<Detection> merge_tile_detections(const std::vector<std::vector<Detec
 
   const auto order = rank_by_score(scores, -std::numeric_limits<float>::infinity());
   RankedGroups groups(ranks_of(order, n));
-  BoxGrid grid(boxes, n);
+  BoxGrid grid(boxes);
   for (const std::int32_t i : order) {
     const auto ui = static_cast<std::size_t>(i);
-    grid.visit(boxes[ui], [&](std::int32_t j) {
+    grid.visit(boxes[ui], [&](std::int32_t j, const Box&) {
       const auto uj = static_cast<std::size_t>(j);
       const std::size_t ti = pooled.tile_of[ui], tj = pooled.tile_of[uj];
       if (ti == tj || (options.class_aware && dets[ui].label != dets[uj].label)) return false;
