@@ -23,4 +23,8 @@ class CMakeBuild(build_ext):
         shutil.copy2(built, target)
 
 
-setup(ext_modules=[Extension("bloodcv._core", sources=[])], cmdclass={"build_ext": CMakeBuild})
+setup(
+    ext_modules=[Extension("bloodcv._core", sources=[])],
+    cmdclass={"build_ext": CMakeBuild},
+    options={"build": {"build_base": str(ROOT / "build" / "setuptools")}},  # beside the CMake tree, not in it
+)
