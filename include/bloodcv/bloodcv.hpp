@@ -2,6 +2,12 @@
 #pragma once
 
 #include "bloodcv/box.hpp"
+#include "bloodcv/classifier.hpp"
+#include "bloodcv/decoder.hpp"
+#include "bloodcv/detector.hpp"
+#include "bloodcv/image.hpp"
 #include "bloodcv/nms.hpp"
+#include "bloodcv/pipeline.hpp"
+#include "bloodcv/report.hpp"
 #include "bloodcv/tiler.hpp"
 #include "bloodcv/version.hpp"

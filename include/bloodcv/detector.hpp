@@ -1,0 +1,60 @@
+// Detectors: a batch of images in, the cells in each out. TorchScriptDetector runs a bloodcv model file
+// (docs/model_format.md) through LibTorch; LibTorch stays out of this header.
+#pragma once
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <opencv2/core.hpp>
+
+#include "bloodcv/box.hpp"
+
+namespace bloodcv {
+
+class Detector {
+ public:
+  virtual ~Detector() = default;
+  // One vector of detections per image, boxes in that image's pixels. Images are 8-bit BGR (image.hpp);
+  // they may differ in size.
+  virtual std::vector<std::vector<Detection>> detect(const std::vector<cv::Mat>& images) const = 0;
+  // Names of the labels that detections carry, by label index.
+  virtual std::vector<std::string> labels() const = 0;
+  // The size the detector works at: tiles of this size are seen at full resolution.
+  virtual cv::Size input_size() const = 0;
+};
+
+// How a TorchScript model runs.
+struct RuntimeOptions {
+  std::string device = "cpu";  // "cpu", "cuda" or "cuda:N"
+  bool half = false;           // float16 on CUDA
+  int batch_size = 8;          // images per forward pass
+};
+
+struct TorchScriptDetectorOptions {
+  RuntimeOptions runtime;
+  std::optional<float> score_threshold;     // overrides the model file's
+  std::optional<double> nms_iou_threshold;  // overrides the model file's
+};
+
+// Loads a bloodcv detection model: TorchScript with its description (labels, input size,
+// preprocessing, decoder) inside. detect() may be called from several threads at once.
+class TorchScriptDetector final : public Detector {
+ public:
+  explicit TorchScriptDetector(const std::string& path, TorchScriptDetectorOptions options = {});
+  ~TorchScriptDetector() override;
+  TorchScriptDetector(TorchScriptDetector&&) noexcept;
+  TorchScriptDetector& operator=(TorchScriptDetector&&) noexcept;
+
+  std::vector<std::vector<Detection>> detect(const std::vector<cv::Mat>& images) const override;
+  std::vector<std::string> labels() const override;
+  cv::Size input_size() const override;
+  const std::string& metadata_json() const;  // the model file's bloodcv.json
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace bloodcv

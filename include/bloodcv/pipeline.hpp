@@ -1,0 +1,98 @@
+// The analysis of one smear image: tiles → batched detection → merging across seams → classification
+// of the chosen cells → counts and the differential. Every stage is passed in through its interface.
+#pragma once
+
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <opencv2/core.hpp>
+
+#include "bloodcv/classifier.hpp"
+#include "bloodcv/detector.hpp"
+#include "bloodcv/nms.hpp"
+#include "bloodcv/tiler.hpp"
+
+namespace bloodcv {
+
+struct Cell {
+  Detection detection;                 // box in image pixels, detector score and label
+  std::string label;                   // the detector's name for detection.label
+  std::optional<Classification> type;  // set for the cells the classifier saw
+  std::string type_label;              // the classifier's name for type->label, or empty
+};
+
+struct StageTimings {
+  double tiling_ms = 0, detection_ms = 0, merging_ms = 0, classification_ms = 0, total_ms = 0;
+};
+
+struct AnalysisResult {
+  cv::Size image_size;
+  std::size_t tiles = 0;
+  std::vector<std::string> detector_labels;
+  std::vector<std::string> classifier_labels;  // empty without a classifier
+  std::vector<Cell> cells;                     // by decreasing detector score
+  std::map<std::string, int> counts;           // cells per detector label (every label listed)
+  std::map<std::string, int> type_counts;      // classified cells per type (every type listed)
+  std::map<std::string, double> differential;  // type_counts in percent of the classified cells
+  StageTimings timings;
+};
+
+struct PipelineOptions {
+  std::vector<std::string> classify_labels{"WBC"};  // detector labels whose cells are classified
+  SeamMergeOptions merge;                           // used when no merger is given
+};
+
+// Thread safety: analyze() is const and keeps no state between calls, so one Pipeline may serve
+// several threads at once when its components may; all of bloodcv's components may (detectors and
+// classifiers run TorchScript inference, which is safe to call concurrently). A component written in
+// Python runs under the GIL, one call at a time.
+class Pipeline {
+ public:
+  // `classifier` may be null (detection and counts only); `merger` null means seam merging with
+  // options.merge, otherwise all tiles' detections are pooled into that strategy.
+  Pipeline(std::shared_ptr<const Tiler> tiler, std::shared_ptr<const Detector> detector,
+           std::shared_ptr<const Classifier> classifier = nullptr, PipelineOptions options = {},
+           std::shared_ptr<const Suppressor> merger = nullptr);
+
+  AnalysisResult analyze(const cv::Mat& image) const;      // any image to_bgr8 accepts
+  AnalysisResult analyze(const std::string& path) const;  // read_image(path)
+
+  const Tiler& tiler() const { return *tiler_; }
+  const Detector& detector() const { return *detector_; }
+  const Classifier* classifier() const { return classifier_.get(); }
+  const PipelineOptions& options() const { return options_; }
+
+ private:
+  std::shared_ptr<const Tiler> tiler_;
+  std::shared_ptr<const Detector> detector_;
+  std::shared_ptr<const Classifier> classifier_;
+  PipelineOptions options_;
+  std::shared_ptr<const Suppressor> merger_;
+};
+
+// Everything a pipeline of bloodcv's own components needs, as the CLI and config files give it.
+// JSON (every key optional):
+//   {"detector": "models/cell_detector.pt", "classifier": "models/wbc_classifier.pt" or null,
+//    "tile": [640, 640], "overlap": 0.15, "whole_image": false, "classify_labels": ["WBC"],
+//    "device": "cpu", "half": false, "batch_size": 8, "score_threshold": null,
+//    "merge": {"match_threshold": 0.5, "metric": "iou"}}
+// Relative model paths are taken relative to the config file.
+struct PipelineConfig {
+  std::string detector;
+  std::optional<std::string> classifier;
+  std::optional<cv::Size> tile;  // unset: the detector's input size
+  double overlap = 0.15;
+  bool whole_image = false;
+  std::vector<std::string> classify_labels{"WBC"};
+  RuntimeOptions runtime;
+  std::optional<float> score_threshold;
+  SeamMergeOptions merge;
+};
+
+PipelineConfig load_pipeline_config(const std::string& path);  // throws std::runtime_error naming the path and key
+Pipeline make_pipeline(const PipelineConfig& config);
+
+}  // namespace bloodcv

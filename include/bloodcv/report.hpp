@@ -1,0 +1,41 @@
+// What an analysis leaves behind: an overlay to check by eye, JSON, CSV and COCO results.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include <opencv2/core.hpp>
+
+#include "bloodcv/pipeline.hpp"
+
+namespace bloodcv {
+
+// The JSON report's schema name and version ("schema": "bloodcv.analysis", "schema_version": 1):
+// {"image": {"path", "width", "height"}, "tiles", "detector_labels", "classifier_labels",
+//  "cells": [{"id", "box": [x1, y1, x2, y2], "label", "score", "predicted_iou"?, "type"?, "type_score"?,
+//             "type_probabilities"?: {name: p}}],
+//  "counts": {label: n}, "type_counts": {type: n}, "differential_percent": {type: %},
+//  "timings_ms": {"tiling", "detection", "merging", "classification", "total"}}
+inline constexpr const char* kReportSchema = "bloodcv.analysis";
+inline constexpr int kReportSchemaVersion = 1;
+
+// The image with every cell's box, coloured by type (or by detector label when not classified),
+// and its label and score.
+cv::Mat draw_overlay(const cv::Mat& image, const AnalysisResult& result);
+
+std::string to_json(const AnalysisResult& result, const std::string& image_path = "");
+// One row per cell: id,x1,y1,x2,y2,label,score,type,type_score
+std::string to_csv(const AnalysisResult& result);
+// COCO detection results: [{"image_id", "category_id" (detector label index + 1), "bbox": [x, y, w, h], "score"}]
+std::string to_coco_results(const AnalysisResult& result, std::int64_t image_id);
+
+struct ReportPaths {
+  std::string overlay, json, csv, coco;
+};
+
+// Writes <out_dir>/<stem>.overlay.jpg, .json, .csv and .coco.json. Each file is written under a
+// temporary name and renamed when complete; if any write fails, none of the four is left behind.
+ReportPaths write_reports(const cv::Mat& image, const AnalysisResult& result, const std::string& out_dir, const std::string& stem,
+                          std::int64_t image_id, const std::string& image_path = "");
+
+}  // namespace bloodcv

@@ -1,0 +1,164 @@
+#include "bloodcv/pipeline.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+
+#include <nlohmann/json.hpp>
+
+#include "bloodcv/image.hpp"
+#include "check.hpp"
+
+namespace bloodcv {
+
+using detail::fail_argument;
+
+namespace {
+
+class Stopwatch {
+ public:
+  double lap_ms() {
+    const auto now = std::chrono::steady_clock::now();
+    const double ms = std::chrono::duration<double, std::milli>(now - last_).count();
+    last_ = now;
+    return ms;
+  }
+
+ private:
+  std::chrono::steady_clock::time_point last_ = std::chrono::steady_clock::now();
+};
+
+}  // namespace
+
+Pipeline::Pipeline(std::shared_ptr<const Tiler> tiler, std::shared_ptr<const Detector> detector,
+                   std::shared_ptr<const Classifier> classifier, PipelineOptions options, std::shared_ptr<const Suppressor> merger)
+    : tiler_(std::move(tiler)), detector_(std::move(detector)), classifier_(std::move(classifier)), options_(std::move(options)),
+      merger_(std::move(merger)) {
+  if (!tiler_) fail_argument("Pipeline needs a tiler, got none");
+  if (!detector_) fail_argument("Pipeline needs a detector, got none");
+  detail::check_unit_interval(options_.merge.match_threshold, "merge.match_threshold");
+}
+
+AnalysisResult Pipeline::analyze(const std::string& path) const { return analyze(read_image(path)); }
+
+AnalysisResult Pipeline::analyze(const cv::Mat& input) const {
+  Stopwatch total, stage;
+  AnalysisResult result;
+  const cv::Mat image = to_bgr8(input, "image");
+  result.image_size = image.size();
+  result.detector_labels = detector_->labels();
+
+  const std::vector<Tile> tiles = tiler_->tiles(image);
+  result.tiles = tiles.size();
+  std::vector<cv::Mat> tile_images;
+  tile_images.reserve(tiles.size());
+  for (const Tile& t : tiles) tile_images.push_back(t.image);
+  result.timings.tiling_ms = stage.lap_ms();
+
+  const auto per_tile = detector_->detect(tile_images);
+  if (per_tile.size() != tiles.size())
+    throw std::runtime_error(fmt::format("the detector returned results for {} images, but was given {} tiles", per_tile.size(), tiles.size()));
+  result.timings.detection_ms = stage.lap_ms();
+
+  std::vector<Detection> merged = merger_ ? merge_tile_detections(per_tile, tiles, image.size(), *merger_)
+                                          : merge_tile_detections(per_tile, tiles, image.size(), options_.merge);
+  result.timings.merging_ms = stage.lap_ms();
+
+  for (const std::string& name : result.detector_labels) result.counts[name] = 0;
+  std::vector<std::size_t> to_classify;
+  for (Detection& d : merged) {
+    if (d.label < 0 || static_cast<std::size_t>(d.label) >= result.detector_labels.size())
+      throw std::runtime_error(fmt::format("the detector gave label {}, but has {} labels", d.label, result.detector_labels.size()));
+    Cell cell;
+    cell.label = result.detector_labels[static_cast<std::size_t>(d.label)];
+    cell.detection = std::move(d);
+    ++result.counts[cell.label];
+    const auto& wanted = options_.classify_labels;
+    if (classifier_ && std::find(wanted.begin(), wanted.end(), cell.label) != wanted.end()) to_classify.push_back(result.cells.size());
+    result.cells.push_back(std::move(cell));
+  }
+
+  if (classifier_) {
+    result.classifier_labels = classifier_->labels();
+    for (const std::string& name : result.classifier_labels) result.type_counts[name] = 0;
+    std::vector<Box> boxes;
+    for (const std::size_t i : to_classify) boxes.push_back(result.cells[i].detection.box);
+    std::vector<Classification> types = boxes.empty() ? std::vector<Classification>{} : classifier_->classify(image, boxes);
+    if (types.size() != boxes.size())
+      throw std::runtime_error(fmt::format("the classifier returned {} results for {} cells", types.size(), boxes.size()));
+    for (std::size_t k = 0; k < types.size(); ++k) {
+      Cell& cell = result.cells[to_classify[k]];
+      if (types[k].label < 0 || static_cast<std::size_t>(types[k].label) >= result.classifier_labels.size())
+        throw std::runtime_error(fmt::format("the classifier gave label {}, but has {} labels", types[k].label, result.classifier_labels.size()));
+      cell.type_label = result.classifier_labels[static_cast<std::size_t>(types[k].label)];
+      cell.type = std::move(types[k]);
+      ++result.type_counts[cell.type_label];
+    }
+    for (const auto& [name, count] : result.type_counts)
+      result.differential[name] = to_classify.empty() ? 0.0 : 100.0 * count / static_cast<double>(to_classify.size());
+    result.timings.classification_ms = stage.lap_ms();
+  }
+  result.timings.total_ms = total.lap_ms();
+  return result;
+}
+
+// --- configuration ---------------------------------------------------------------------------------
+PipelineConfig load_pipeline_config(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) throw std::runtime_error(fmt::format("cannot open config file '{}'", path));
+  PipelineConfig c;
+  const std::filesystem::path base = std::filesystem::path(path).parent_path();
+  auto resolve = [&](const std::string& p) { return std::filesystem::path(p).is_absolute() ? p : (base / p).string(); };
+  try {
+    const nlohmann::json j = nlohmann::json::parse(in);
+    if (!j.is_object()) throw std::runtime_error("the top level must be an object");
+    if (j.contains("detector")) c.detector = resolve(j.at("detector").get<std::string>());
+    if (j.contains("classifier") && !j.at("classifier").is_null()) c.classifier = resolve(j.at("classifier").get<std::string>());
+    if (j.contains("tile")) {
+      const auto t = j.at("tile").get<std::vector<int>>();
+      if (t.size() != 2) throw std::runtime_error("tile must be [width, height]");
+      c.tile = cv::Size(t[0], t[1]);
+    }
+    c.overlap = j.value("overlap", c.overlap);
+    c.whole_image = j.value("whole_image", c.whole_image);
+    c.classify_labels = j.value("classify_labels", c.classify_labels);
+    c.runtime.device = j.value("device", c.runtime.device);
+    c.runtime.half = j.value("half", c.runtime.half);
+    c.runtime.batch_size = j.value("batch_size", c.runtime.batch_size);
+    if (j.contains("score_threshold") && !j.at("score_threshold").is_null()) c.score_threshold = j.at("score_threshold").get<float>();
+    if (j.contains("merge")) {
+      const auto& m = j.at("merge");
+      c.merge.match_threshold = m.value("match_threshold", c.merge.match_threshold);
+      c.merge.metric = parse_box_metric(m.value("metric", std::string(to_string(c.merge.metric))));
+      c.merge.class_aware = m.value("class_aware", c.merge.class_aware);
+    }
+  } catch (const std::exception& e) {
+    throw std::runtime_error(fmt::format("config file '{}': {}", path, e.what()));
+  }
+  return c;
+}
+
+Pipeline make_pipeline(const PipelineConfig& config) {
+  if (config.detector.empty()) fail_argument("no detector model given");
+  TorchScriptDetectorOptions detector_options;
+  detector_options.runtime = config.runtime;
+  detector_options.score_threshold = config.score_threshold;
+  auto detector = std::make_shared<const TorchScriptDetector>(config.detector, detector_options);
+  std::shared_ptr<const Classifier> classifier;
+  if (config.classifier) {
+    TorchScriptClassifierOptions classifier_options;
+    classifier_options.runtime = config.runtime;
+    classifier = std::make_shared<const TorchScriptClassifier>(*config.classifier, classifier_options);
+  }
+  GridTilerOptions tiling;
+  tiling.tile_size = config.tile.value_or(detector->input_size());
+  tiling.overlap_ratio = config.overlap;
+  tiling.whole_image_pass = config.whole_image;
+  PipelineOptions options;
+  options.classify_labels = config.classify_labels;
+  options.merge = config.merge;
+  return Pipeline(std::make_shared<const GridTiler>(tiling), detector, classifier, options);
+}
+
+}  // namespace bloodcv

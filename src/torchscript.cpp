@@ -1,0 +1,361 @@
+// The one translation unit that includes LibTorch: loading bloodcv model files, preprocessing images
+// into tensors, running batches, and handing outputs to the decoders as plain float arrays.
+#include <filesystem>
+
+#include <nlohmann/json.hpp>
+#include <opencv2/imgproc.hpp>
+#include <torch/script.h>
+#include <torch/cuda.h>
+
+#include "bloodcv/classifier.hpp"
+#include "bloodcv/decoder.hpp"
+#include "bloodcv/detector.hpp"
+#include "bloodcv/image.hpp"
+#include "check.hpp"
+
+namespace bloodcv {
+
+using json = nlohmann::json;
+
+namespace {
+
+constexpr const char* kMetadataFile = "bloodcv.json";
+
+// How the model wants its input tensor (docs/model_format.md, "input").
+struct InputSpec {
+  cv::Size size;
+  bool rgb = true;
+  float scale = 1.f / 255.f;
+  std::array<float, 3> mean{0, 0, 0}, std{1, 1, 1};
+  bool letterbox = true;
+  float pad_value = 114.f;
+
+  InputTransform transform_for(cv::Size image) const {
+    return letterbox ? letterbox_transform(image, size) : stretch_transform(image, size);
+  }
+};
+
+struct LoadedModel {
+  std::string path;
+  torch::jit::Module module;
+  std::string metadata_json;
+  json meta;
+  std::vector<std::string> labels;
+  InputSpec input;
+  torch::Device device{torch::kCPU};
+  bool half = false;
+  int batch_size = 8;
+};
+
+std::string dims(c10::IntArrayRef sizes) {
+  std::string s = "[";
+  for (std::size_t i = 0; i < sizes.size(); ++i) s += (i ? ", " : "") + std::to_string(sizes[i]);
+  return s + "]";
+}
+
+[[noreturn]] void fail_model(const std::string& path, const std::string& what) {
+  throw std::runtime_error(fmt::format("model file '{}': {}", path, what));
+}
+
+template <class T>
+T value_or(const json& object, const char* key, T fallback) {
+  return object.contains(key) ? object.at(key).get<T>() : fallback;
+}
+
+torch::Device parse_device(const std::string& device) {
+  try {
+    torch::Device d(device);
+    if (d.is_cuda() && !torch::cuda::is_available())
+      throw std::runtime_error(fmt::format("device '{}' was asked for, but CUDA is not available here", device));
+    if (!d.is_cpu() && !d.is_cuda()) throw std::runtime_error(fmt::format("device '{}' is not supported (cpu, cuda, cuda:N)", device));
+    return d;
+  } catch (const c10::Error&) {
+    throw std::invalid_argument(fmt::format("device must be cpu, cuda or cuda:N, got '{}'", device));
+  }
+}
+
+LoadedModel load_model(const std::string& path, const RuntimeOptions& runtime, const std::string& task) {
+  if (runtime.batch_size < 1) detail::fail_argument("batch_size must be >= 1, got {}", runtime.batch_size);
+  LoadedModel m;
+  m.path = path;
+  m.device = parse_device(runtime.device);
+  m.half = runtime.half;
+  m.batch_size = runtime.batch_size;
+  if (m.half && !m.device.is_cuda()) detail::fail_argument("half precision needs a CUDA device, got '{}'", runtime.device);
+
+  std::error_code ec;
+  if (!std::filesystem::is_regular_file(path, ec)) fail_model(path, "no such file");
+  torch::jit::ExtraFilesMap extra{{kMetadataFile, ""}};
+  try {
+    m.module = torch::jit::load(path, m.device, extra);
+  } catch (const c10::Error& e) {
+    fail_model(path, fmt::format("not a readable TorchScript archive ({})", e.what_without_backtrace()));
+  }
+  m.metadata_json = extra[kMetadataFile];
+  if (m.metadata_json.empty())
+    fail_model(path, fmt::format("no {} inside: export it with bloodcv.export.export_model (docs/model_format.md)", kMetadataFile));
+  try {
+    m.meta = json::parse(m.metadata_json);
+    if (m.meta.value("format", "") != "bloodcv-model") fail_model(path, "bloodcv.json: format must be 'bloodcv-model'");
+    if (m.meta.at("task").get<std::string>() != task)
+      fail_model(path, fmt::format("bloodcv.json: task is '{}', but a {} model is needed", m.meta.at("task").get<std::string>(), task));
+    m.labels = m.meta.at("labels").get<std::vector<std::string>>();
+    if (m.labels.empty()) fail_model(path, "bloodcv.json: labels is empty");
+    const auto size = m.meta.at("input_size").get<std::vector<int>>();
+    if (size.size() != 2 || size[0] <= 0 || size[1] <= 0) fail_model(path, "bloodcv.json: input_size must be [width, height] > 0");
+    m.input.size = {size[0], size[1]};
+    const json input = m.meta.value("input", json::object());
+    const std::string color = value_or<std::string>(input, "color", "rgb");
+    if (color != "rgb" && color != "bgr") fail_model(path, fmt::format("bloodcv.json: input.color must be rgb or bgr, got '{}'", color));
+    m.input.rgb = color == "rgb";
+    m.input.scale = value_or<float>(input, "scale", 1.f / 255.f);
+    m.input.mean = value_or<std::array<float, 3>>(input, "mean", {0, 0, 0});
+    m.input.std = value_or<std::array<float, 3>>(input, "std", {1, 1, 1});
+    for (const float s : m.input.std)
+      if (!(s > 0)) fail_model(path, fmt::format("bloodcv.json: input.std must be positive, got {}", s));
+    const std::string resize = value_or<std::string>(input, "resize", task == "detection" ? "letterbox" : "stretch");
+    if (resize != "letterbox" && resize != "stretch")
+      fail_model(path, fmt::format("bloodcv.json: input.resize must be letterbox or stretch, got '{}'", resize));
+    m.input.letterbox = resize == "letterbox";
+    m.input.pad_value = value_or<float>(input, "pad_value", 114.f);
+  } catch (const json::exception& e) {
+    fail_model(path, fmt::format("bloodcv.json: {}", e.what()));
+  }
+  m.module.eval();
+  if (m.half) m.module.to(torch::kHalf);
+  return m;
+}
+
+// Resizes an 8-bit BGR image into the model's input size as the model file says.
+cv::Mat fit_to_input(const cv::Mat& bgr, const InputSpec& spec, InputTransform& transform) {
+  transform = spec.transform_for(bgr.size());
+  const cv::Size scaled(static_cast<int>(std::lround(bgr.cols * transform.scale_x)), static_cast<int>(std::lround(bgr.rows * transform.scale_y)));
+  cv::Mat resized;
+  if (scaled == bgr.size())
+    resized = bgr;
+  else
+    cv::resize(bgr, resized, scaled, 0, 0, cv::INTER_LINEAR);
+  if (resized.size() == spec.size) return resized;
+  const int left = static_cast<int>(transform.pad_x), top = static_cast<int>(transform.pad_y);
+  cv::Mat padded;
+  cv::copyMakeBorder(resized, padded, top, spec.size.height - scaled.height - top, left, spec.size.width - scaled.width - left,
+                     cv::BORDER_CONSTANT, cv::Scalar::all(spec.pad_value));
+  return padded;
+}
+
+// Input-size 8-bit BGR images → the normalised [B, 3, H, W] tensor, written in place channel by channel.
+torch::Tensor to_tensor(const std::vector<cv::Mat>& fitted, const InputSpec& spec) {
+  const int h = spec.size.height, w = spec.size.width;
+  torch::Tensor batch = torch::empty({static_cast<std::int64_t>(fitted.size()), 3, h, w}, torch::kFloat32);
+  float* data = batch.data_ptr<float>();
+  for (std::size_t i = 0; i < fitted.size(); ++i) {
+    std::vector<cv::Mat> planes;
+    for (int c = 0; c < 3; ++c) planes.emplace_back(h, w, CV_8U);
+    cv::split(fitted[i], planes);  // B, G, R
+    for (int c = 0; c < 3; ++c) {
+      const int source = spec.rgb ? 2 - c : c;
+      cv::Mat out(h, w, CV_32F, data + (i * 3 + static_cast<std::size_t>(c)) * static_cast<std::size_t>(h * w));
+      const double alpha = spec.scale / spec.std[static_cast<std::size_t>(c)];
+      const double beta = -spec.mean[static_cast<std::size_t>(c)] / spec.std[static_cast<std::size_t>(c)];
+      planes[static_cast<std::size_t>(source)].convertTo(out, CV_32F, alpha, beta);
+    }
+  }
+  return batch;
+}
+
+// Runs a batch and returns its outputs as contiguous float32 CPU tensors, batch dimension first.
+std::vector<torch::Tensor> forward(const LoadedModel& m, torch::Tensor batch) {
+  c10::InferenceMode inference;
+  batch = batch.to(m.device);
+  if (m.half) batch = batch.to(torch::kHalf);
+  torch::jit::Module module = m.module;  // a handle to the same module: forward does not change it
+  torch::jit::IValue result;
+  try {
+    result = module.forward({batch});
+  } catch (const c10::Error& e) {
+    fail_model(m.path, fmt::format("forward failed on a batch {}: {}", dims(batch.sizes()), e.what_without_backtrace()));
+  }
+  std::vector<torch::jit::IValue> items;
+  if (result.isTensor()) {
+    items.push_back(result);
+  } else if (result.isTuple()) {
+    for (const auto& v : result.toTuple()->elements()) items.push_back(v);
+  } else if (result.isList()) {
+    for (const auto& v : result.toList()) items.push_back(v);
+  } else {
+    fail_model(m.path, fmt::format("output must be a tensor or a tuple of tensors, got {}", result.tagKind()));
+  }
+  std::vector<torch::Tensor> outputs;
+  for (std::size_t k = 0; k < items.size(); ++k) {
+    if (!items[k].isTensor()) fail_model(m.path, fmt::format("output {} is a {}, not a tensor", k, items[k].tagKind()));
+    torch::Tensor t = items[k].toTensor().to(torch::kCPU, torch::kFloat32).contiguous();
+    if (t.dim() < 1 || t.size(0) != batch.size(0))
+      fail_model(m.path, fmt::format("output {} has shape {}; its first dimension must be the batch ({})", k, dims(t.sizes()), batch.size(0)));
+    outputs.push_back(t);
+  }
+  return outputs;
+}
+
+// Image `i`'s slice of each output, as the decoders read it.
+std::vector<TensorView> views_of(const std::vector<torch::Tensor>& outputs, std::int64_t i) {
+  std::vector<TensorView> views;
+  for (const torch::Tensor& t : outputs) {
+    TensorView v;
+    v.data = t.data_ptr<float>() + i * t.stride(0);
+    v.shape.assign(t.sizes().begin() + 1, t.sizes().end());
+    views.push_back(std::move(v));
+  }
+  return views;
+}
+
+std::unique_ptr<OutputDecoder> make_decoder(const LoadedModel& m, const TorchScriptDetectorOptions& options) {
+  try {
+    const json& d = m.meta.at("decoder");
+    const std::string kind = d.at("kind").get<std::string>();
+    if (kind == "yolov5") {
+      YoloV5DecoderOptions o;
+      o.num_classes = m.labels.size();
+      o.score_threshold = options.score_threshold.value_or(value_or<float>(d, "score_threshold", o.score_threshold));
+      o.nms_iou_threshold = options.nms_iou_threshold.value_or(value_or<double>(d, "nms_iou_threshold", o.nms_iou_threshold));
+      o.multi_label = value_or<bool>(d, "multi_label", o.multi_label);
+      o.max_detections = value_or<std::int64_t>(d, "max_detections", o.max_detections);
+      return std::make_unique<YoloV5Decoder>(o);
+    }
+    if (kind == "anchor") {
+      AnchorDecoderOptions o;
+      o.num_classes = m.labels.size();
+      o.anchors.strides = value_or(d, "strides", o.anchors.strides);
+      o.anchors.sizes = value_or(d, "sizes", o.anchors.sizes);
+      o.anchors.aspect_ratios = value_or(d, "aspect_ratios", o.anchors.aspect_ratios);
+      o.anchors.scales = value_or(d, "scales", o.anchors.scales);
+      o.anchors.center_offset = value_or(d, "center_offset", o.anchors.center_offset);
+      o.box_means = value_or(d, "box_means", o.box_means);
+      o.box_stds = value_or(d, "box_stds", o.box_stds);
+      o.score_threshold = options.score_threshold.value_or(value_or<float>(d, "score_threshold", o.score_threshold));
+      o.nms_iou_threshold = options.nms_iou_threshold.value_or(value_or<double>(d, "nms_iou_threshold", o.nms_iou_threshold));
+      o.pre_nms_top_k = value_or(d, "pre_nms_top_k", o.pre_nms_top_k);
+      o.iou_branch = value_or(d, "iou_branch", o.iou_branch);
+      o.iou_alpha = value_or(d, "iou_alpha", o.iou_alpha);
+      o.max_detections = value_or(d, "max_detections", o.max_detections);
+      return std::make_unique<AnchorDecoder>(o, m.input.size);
+    }
+    fail_model(m.path, fmt::format("bloodcv.json: decoder.kind must be yolov5 or anchor, got '{}'", kind));
+  } catch (const json::exception& e) {
+    fail_model(m.path, fmt::format("bloodcv.json: decoder: {}", e.what()));
+  } catch (const std::invalid_argument& e) {
+    fail_model(m.path, fmt::format("bloodcv.json: decoder: {}", e.what()));
+  }
+}
+
+}  // namespace
+
+// --- detector --------------------------------------------------------------------------------------
+struct TorchScriptDetector::Impl {
+  LoadedModel model;
+  std::unique_ptr<OutputDecoder> decoder;
+};
+
+TorchScriptDetector::TorchScriptDetector(const std::string& path, TorchScriptDetectorOptions options)
+    : impl_(std::make_unique<Impl>()) {
+  impl_->model = load_model(path, options.runtime, "detection");
+  impl_->decoder = make_decoder(impl_->model, options);
+}
+
+TorchScriptDetector::~TorchScriptDetector() = default;
+TorchScriptDetector::TorchScriptDetector(TorchScriptDetector&&) noexcept = default;
+TorchScriptDetector& TorchScriptDetector::operator=(TorchScriptDetector&&) noexcept = default;
+
+std::vector<std::string> TorchScriptDetector::labels() const { return impl_->model.labels; }
+cv::Size TorchScriptDetector::input_size() const { return impl_->model.input.size; }
+const std::string& TorchScriptDetector::metadata_json() const { return impl_->model.metadata_json; }
+
+std::vector<std::vector<Detection>> TorchScriptDetector::detect(const std::vector<cv::Mat>& images) const {
+  const LoadedModel& m = impl_->model;
+  std::vector<std::vector<Detection>> results;
+  results.reserve(images.size());
+  for (std::size_t start = 0; start < images.size(); start += static_cast<std::size_t>(m.batch_size)) {
+    const std::size_t end = std::min(images.size(), start + static_cast<std::size_t>(m.batch_size));
+    std::vector<cv::Mat> fitted;
+    std::vector<InputTransform> transforms(end - start);
+    for (std::size_t i = start; i < end; ++i)
+      fitted.push_back(fit_to_input(to_bgr8(images[i], fmt::format("images[{}]", i)), m.input, transforms[i - start]));
+    const std::vector<torch::Tensor> outputs = forward(m, to_tensor(fitted, m.input));
+    for (std::size_t i = start; i < end; ++i) {
+      std::vector<Detection> dets;
+      try {
+        dets = impl_->decoder->decode(views_of(outputs, static_cast<std::int64_t>(i - start)));
+      } catch (const std::invalid_argument& e) {
+        fail_model(m.path, fmt::format("its output does not fit its decoder: {}", e.what()));
+      }
+      const auto w = static_cast<float>(images[i].cols), h = static_cast<float>(images[i].rows);
+      for (Detection& d : dets) d.box = clip_box(transforms[i - start].to_image(d.box), w, h);
+      results.push_back(std::move(dets));
+    }
+  }
+  return results;
+}
+
+// --- classifier ------------------------------------------------------------------------------------
+struct TorchScriptClassifier::Impl {
+  LoadedModel model;
+  float crop_padding = 0.1f;
+};
+
+TorchScriptClassifier::TorchScriptClassifier(const std::string& path, TorchScriptClassifierOptions options)
+    : impl_(std::make_unique<Impl>()) {
+  impl_->model = load_model(path, options.runtime, "classification");
+  impl_->crop_padding = options.crop_padding.value_or(value_or<float>(impl_->model.meta, "crop_padding", 0.1f));
+  if (!(impl_->crop_padding >= 0.f && impl_->crop_padding <= 2.f))
+    detail::fail_argument("crop_padding must be in [0, 2], got {}", impl_->crop_padding);
+}
+
+TorchScriptClassifier::~TorchScriptClassifier() = default;
+TorchScriptClassifier::TorchScriptClassifier(TorchScriptClassifier&&) noexcept = default;
+TorchScriptClassifier& TorchScriptClassifier::operator=(TorchScriptClassifier&&) noexcept = default;
+
+std::vector<std::string> TorchScriptClassifier::labels() const { return impl_->model.labels; }
+cv::Size TorchScriptClassifier::input_size() const { return impl_->model.input.size; }
+const std::string& TorchScriptClassifier::metadata_json() const { return impl_->model.metadata_json; }
+
+std::vector<Classification> TorchScriptClassifier::classify(const cv::Mat& image, const std::vector<Box>& boxes) const {
+  const LoadedModel& m = impl_->model;
+  const cv::Mat bgr = to_bgr8(image, "image");
+  validate_boxes(boxes, "boxes");
+  const auto classes = static_cast<std::int64_t>(m.labels.size());
+  std::vector<Classification> results;
+  results.reserve(boxes.size());
+  for (std::size_t start = 0; start < boxes.size(); start += static_cast<std::size_t>(m.batch_size)) {
+    const std::size_t end = std::min(boxes.size(), start + static_cast<std::size_t>(m.batch_size));
+    std::vector<cv::Mat> fitted;
+    for (std::size_t i = start; i < end; ++i) {
+      // The box with context, at least 2 px; what lies outside the image is filled with the pad value.
+      const Box& b = boxes[i];
+      const float px = std::max(b.width() * impl_->crop_padding, 1.f), py = std::max(b.height() * impl_->crop_padding, 1.f);
+      const cv::Rect wanted(cv::Point(static_cast<int>(std::floor(b.x1 - px)), static_cast<int>(std::floor(b.y1 - py))),
+                            cv::Point(static_cast<int>(std::ceil(b.x2 + px)), static_cast<int>(std::ceil(b.y2 + py))));
+      const cv::Rect inside = wanted & cv::Rect(0, 0, bgr.cols, bgr.rows);
+      cv::Mat crop(wanted.size(), CV_8UC3, cv::Scalar::all(m.input.pad_value));
+      if (!inside.empty()) bgr(inside).copyTo(crop(inside - wanted.tl()));
+      InputTransform unused;
+      fitted.push_back(fit_to_input(crop, m.input, unused));
+    }
+    const std::vector<torch::Tensor> outputs = forward(m, to_tensor(fitted, m.input));
+    const torch::Tensor& logits = outputs.front();
+    if (outputs.size() != 1 || logits.dim() != 2 || logits.size(1) != classes)
+      fail_model(m.path, fmt::format("a classifier must return logits [B, {}] ({} labels), got {} output(s), the first {}", classes,
+                                     classes, outputs.size(), dims(logits.sizes())));
+    if (!torch::isfinite(logits).all().item<bool>()) fail_model(m.path, "its logits hold NaN or infinite values");
+    const torch::Tensor probs = torch::softmax(logits, 1).contiguous();
+    for (std::int64_t i = 0; i < probs.size(0); ++i) {
+      const float* p = probs.data_ptr<float>() + i * classes;
+      Classification c;
+      c.probabilities.assign(p, p + classes);
+      c.label = std::max_element(p, p + classes) - p;
+      c.score = p[c.label];
+      results.push_back(std::move(c));
+    }
+  }
+  return results;
+}
+
+}  // namespace bloodcv

@@ -1,0 +1,133 @@
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <limits>
+
+#include "bloodcv/decoder.hpp"
+
+using namespace bloodcv;
+using Catch::Matchers::Contains;
+
+namespace {
+
+TensorView view(const std::vector<float>& data, std::vector<std::int64_t> shape) { return {data.data(), std::move(shape)}; }
+
+}  // namespace
+
+TEST_CASE("letterbox and stretch transforms map input boxes back to the image", "[decoder]") {
+  const InputTransform t = letterbox_transform({200, 100}, {256, 256});  // scale 1.28, 256x128 centred: pad y 64
+  CHECK(t.scale_x == Approx(1.28));
+  CHECK(t.pad_x == 0);
+  CHECK(t.pad_y == 64);
+  const Box back = t.to_image({12.8f, 64 + 12.8f, 128, 64 + 25.6f});
+  CHECK(back.x1 == Approx(10));
+  CHECK(back.y1 == Approx(10));
+  CHECK(back.x2 == Approx(100));
+  CHECK(back.y2 == Approx(20));
+  const InputTransform s = stretch_transform({128, 32}, {64, 64});
+  CHECK(s.to_image({32, 16, 64, 32}) == Box{64, 8, 128, 16});
+}
+
+TEST_CASE("YOLOv5 decoding: confidence, threshold, single and multi label, NMS", "[decoder]") {
+  // cx, cy, w, h, obj, c0, c1
+  const std::vector<float> out{
+      50, 50, 20, 10, 0.9f, 0.2f, 0.8f,  // label 1, confidence 0.72, box (40, 45, 60, 55)
+      51, 50, 20, 10, 0.8f, 0.1f, 0.9f,  // overlaps the first (IoU 0.9): suppressed
+      10, 10, 4, 4, 0.9f, 0.5f, 0.4f,    // label 0 at 0.45, and label 1 at 0.36 in multi-label mode
+      80, 80, 10, 10, 0.2f, 1.0f, 1.0f,  // objectness under the threshold
+  };
+  YoloV5DecoderOptions o;
+  o.num_classes = 2;
+  auto dets = YoloV5Decoder(o).decode({view(out, {4, 7})});
+  REQUIRE(dets.size() == 2);
+  CHECK(dets[0].box == Box{40, 45, 60, 55});
+  CHECK(dets[0].label == 1);
+  CHECK(dets[0].score == Approx(0.72));
+  CHECK(dets[1].box == Box{8, 8, 12, 12});
+  CHECK(dets[1].label == 0);
+  CHECK(dets[1].score == Approx(0.45));
+
+  o.multi_label = true;
+  dets = YoloV5Decoder(o).decode({view(out, {4, 7})});
+  REQUIRE(dets.size() == 3);
+  CHECK(dets[2].label == 1);
+  CHECK(dets[2].score == Approx(0.36));
+  CHECK(YoloV5Decoder(o).decode({view({}, {0, 7})}).empty());
+}
+
+TEST_CASE("YOLOv5 decoding rejects outputs that do not fit", "[decoder][errors]") {
+  YoloV5DecoderOptions o;
+  o.num_classes = 2;
+  const YoloV5Decoder decoder(o);
+  const std::vector<float> six(12, 0.f);
+  CHECK_THROWS_WITH(decoder.decode({view(six, {2, 6})}), Contains("[N, 7]") && Contains("[2, 6]"));
+  CHECK_THROWS_WITH(decoder.decode({view(six, {12})}), Contains("[12]"));
+  CHECK_THROWS_WITH(decoder.decode({}), Contains("one output"));
+  std::vector<float> nan(7, 0.f);
+  nan[2] = std::numeric_limits<float>::quiet_NaN();
+  CHECK_THROWS_WITH(decoder.decode({view(nan, {1, 7})}), Contains("non-finite") && Contains("row 0, column 2"));
+  o.num_classes = 0;
+  CHECK_THROWS_AS(YoloV5Decoder(o), std::invalid_argument);
+}
+
+TEST_CASE("anchors follow torchvision's order and sizes", "[decoder]") {
+  AnchorOptions o;
+  o.strides = {16, 32};
+  o.sizes = {16, 32};
+  o.aspect_ratios = {0.5f, 2.f};
+  o.scales = {1.f};
+  std::vector<std::size_t> per_level;
+  const auto anchors = generate_anchors(o, {64, 32}, &per_level);
+  CHECK(per_level == std::vector<std::size_t>{4 * 2 * 2, 2 * 1 * 2});
+  REQUIRE(anchors.size() == 20);
+  // Location (x=1, y=0) of level 0, centre (16, 0): ratio 0.5 is wider than tall.
+  const float w = 16 / std::sqrt(0.5f), h = 16 * std::sqrt(0.5f);
+  CHECK(anchors[2].x1 == Approx(16 - w / 2));
+  CHECK(anchors[2].y2 == Approx(h / 2));
+  CHECK(anchors[3].width() == Approx(h));  // ratio 2
+  CHECK(anchors[16].center_x() == Approx(0));
+  CHECK(anchors[16].width() == Approx(32 / std::sqrt(0.5f)));
+  CHECK_THROWS_WITH(generate_anchors(o, {60, 32}), Contains("multiple of every stride"));
+}
+
+TEST_CASE("anchor decoding of hand-made logits and deltas", "[decoder]") {
+  AnchorDecoderOptions o;
+  o.anchors.strides = {16, 32};
+  o.anchors.sizes = {16, 32};
+  o.anchors.aspect_ratios = {1.f};
+  o.anchors.scales = {1.f};
+  o.anchors.center_offset = 0.5f;
+  o.num_classes = 2;
+  const AnchorDecoder plain(o, {64, 64});
+  REQUIRE(plain.anchors().size() == 20);
+  CHECK(plain.anchors()[6] == Box{32, 16, 48, 32});  // x=2, y=1 at stride 16
+
+  std::vector<float> logits(40, -10.f), deltas(80, 0.f), ious(20, 0.f);
+  logits[6 * 2 + 1] = 2.f;          // anchor 6, class 1
+  deltas[6 * 4 + 0] = 0.5f;         // centre + half the anchor width
+  deltas[6 * 4 + 2] = std::log(2.f);  // twice as wide
+  logits[17 * 2 + 0] = 0.f;         // anchor 17 (level 1), class 0, score 0.5, deltas 0: the anchor itself
+  auto dets = plain.decode({view(logits, {20, 2}), view(deltas, {20, 4})});
+  REQUIRE(dets.size() == 2);
+  CHECK(dets[0].label == 1);
+  CHECK(dets[0].score == Approx(1 / (1 + std::exp(-2.0))));
+  CHECK(dets[0].box.x1 == Approx(32));
+  CHECK(dets[0].box.x2 == Approx(64));
+  CHECK(dets[0].box.y1 == Approx(16));
+  CHECK(dets[1].box == Box{32, 0, 64, 32});
+  CHECK_FALSE(dets[0].predicted_iou.has_value());
+
+  o.iou_branch = true;
+  const AnchorDecoder with_iou(o, {64, 64});
+  ious[17] = 4.f;  // confident box 17 overtakes box 6 in the ranking
+  dets = with_iou.decode({view(logits, {20, 2}), view(deltas, {20, 4}), view(ious, {20})});
+  REQUIRE(dets.size() == 2);
+  const double sig4 = 1 / (1 + std::exp(-4.0));
+  CHECK(dets[0].score == Approx(std::sqrt(0.5 * sig4)));
+  CHECK(*dets[0].predicted_iou == Approx(sig4));
+  CHECK(dets[1].score == Approx(std::sqrt(0.5 / (1 + std::exp(-2.0)))));
+
+  CHECK_THROWS_WITH(with_iou.decode({view(logits, {20, 2}), view(deltas, {20, 4})}), Contains("3 outputs"));
+  CHECK_THROWS_WITH(plain.decode({view(logits, {10, 4}), view(deltas, {20, 4})}), Contains("[20, 2]") && Contains("[10, 4]"));
+  CHECK_THROWS_WITH(plain.decode({view(logits, {20, 2}), view(deltas, {40, 2})}), Contains("box deltas"));
+}
