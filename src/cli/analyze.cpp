@@ -1,0 +1,217 @@
+// bloodcv analyze: every cell found, white cells typed, counts and the differential, per image, with
+// an overlay, JSON, CSV and COCO results for each, and a summary over all images.
+#include <algorithm>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "bloodcv/bloodcv.hpp"
+#include "commands.hpp"
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+namespace bloodcv::cli {
+
+namespace {
+
+struct AnalyzeCommand {
+  std::vector<std::string> inputs;
+  std::string detector, classifier, tile, config, device, classify_labels;
+  std::string out = "out";
+  std::optional<double> overlap;
+  std::optional<int> batch_size;
+  std::optional<float> score_threshold;
+  bool whole_image = false;
+};
+
+// Where the default models are: $BLOODCV_MODELS, else the repository's models/ (fixed at build time).
+fs::path default_model_dir() {
+  if (const char* env = std::getenv("BLOODCV_MODELS")) return env;
+  return BLOODCV_DEFAULT_MODEL_DIR;
+}
+
+const char* kDefaultDetector = "cell_detector.pt";
+const char* kDefaultClassifier = "wbc_classifier.pt";
+
+bool is_image_file(const fs::path& p) {
+  std::string ext = p.extension().string();
+  std::transform(ext.begin(), ext.end(), ext.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  for (const char* e : {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"})
+    if (ext == e) return true;
+  return false;
+}
+
+std::vector<fs::path> collect_images(const std::vector<std::string>& inputs) {
+  std::vector<fs::path> images;
+  for (const std::string& in : inputs) {
+    const fs::path p(in);
+    if (fs::is_directory(p)) {
+      std::vector<fs::path> found;
+      for (const auto& e : fs::directory_iterator(p))
+        if (e.is_regular_file() && is_image_file(e.path())) found.push_back(e.path());
+      if (found.empty()) throw std::runtime_error(fmt::format("no images (jpg, png, tif, bmp) in directory '{}'", in));
+      std::sort(found.begin(), found.end());
+      images.insert(images.end(), found.begin(), found.end());
+    } else {
+      images.push_back(p);  // a missing file is reported when its turn comes
+    }
+  }
+  return images;
+}
+
+PipelineConfig resolve_config(const AnalyzeCommand& cmd) {
+  PipelineConfig c = cmd.config.empty() ? PipelineConfig{} : load_pipeline_config(cmd.config);
+  const fs::path models = default_model_dir();
+  if (!cmd.detector.empty()) c.detector = cmd.detector;
+  if (c.detector.empty()) {
+    const fs::path fallback = models / kDefaultDetector;
+    if (!fs::exists(fallback))
+      throw std::runtime_error(fmt::format("no detector: the default '{}' does not exist; pass --detector FILE or set BLOODCV_MODELS", fallback.string()));
+    c.detector = fallback.string();
+  }
+  if (cmd.classifier == "none") {
+    c.classifier.reset();
+  } else if (!cmd.classifier.empty()) {
+    c.classifier = cmd.classifier;
+  } else if (cmd.config.empty() && fs::exists(models / kDefaultClassifier)) {
+    c.classifier = (models / kDefaultClassifier).string();
+  }
+  if (!cmd.tile.empty()) c.tile = parse_size(cmd.tile);
+  if (cmd.overlap) c.overlap = *cmd.overlap;
+  if (cmd.whole_image) c.whole_image = true;
+  if (!cmd.device.empty()) c.runtime.device = cmd.device;
+  if (cmd.batch_size) c.runtime.batch_size = *cmd.batch_size;
+  if (cmd.score_threshold) c.score_threshold = *cmd.score_threshold;
+  if (!cmd.classify_labels.empty()) {
+    c.classify_labels.clear();
+    std::stringstream list(cmd.classify_labels);
+    for (std::string label; std::getline(list, label, ',');)
+      if (!label.empty()) c.classify_labels.push_back(label);
+  }
+  return c;
+}
+
+void write_file(const fs::path& path, const std::string& text) {
+  const fs::path partial = path.parent_path() / (".partial." + path.filename().string());
+  {
+    std::ofstream out(partial, std::ios::binary);
+    out << text;
+    if (!out) throw std::runtime_error(fmt::format("cannot write '{}'", path.string()));
+  }
+  fs::rename(partial, path);
+}
+
+std::string counts_line(const std::map<std::string, int>& counts) {
+  std::string s;
+  for (const auto& [name, n] : counts) s += fmt::format("{}{} {}", s.empty() ? "" : ", ", name, n);
+  return s;
+}
+
+int run_analyze(const AnalyzeCommand& cmd) {
+  const PipelineConfig config = resolve_config(cmd);
+  const std::vector<fs::path> images = collect_images(cmd.inputs);
+  const Pipeline pipeline = make_pipeline(config);  // loads the models: fails before anything is written
+  const auto detector_labels = pipeline.detector().labels();
+  fmt::print("detector {}{}\n", config.detector, config.classifier ? fmt::format(", classifier {}", *config.classifier) : ", no classifier");
+
+  json summary{{"detector", config.detector}, {"classifier", config.classifier ? json(*config.classifier) : json(nullptr)},
+               {"images", json::array()}};
+  json coco_images = json::array(), coco_results = json::array();
+  std::map<std::string, int> total_counts, total_types;
+  std::vector<std::pair<std::string, AnalysisResult>> table;
+  int failures = 0;
+  for (std::size_t i = 0; i < images.size(); ++i) {
+    const fs::path& path = images[i];
+    const auto image_id = static_cast<std::int64_t>(i + 1);
+    try {
+      const cv::Mat image = read_image(path.string());
+      AnalysisResult r = pipeline.analyze(image);
+      const ReportPaths written = write_reports(image, r, cmd.out, path.stem().string(), image_id, path.string());
+      fmt::print("[{}/{}] {}: {} cells ({}){} in {:.0f} ms\n", i + 1, images.size(), path.filename().string(), r.cells.size(),
+                 counts_line(r.counts), r.type_counts.empty() ? "" : "; types: " + counts_line(r.type_counts), r.timings.total_ms);
+      std::fflush(stdout);
+      for (const auto& [k, n] : r.counts) total_counts[k] += n;
+      for (const auto& [k, n] : r.type_counts) total_types[k] += n;
+      summary["images"].push_back({{"id", image_id}, {"path", path.string()}, {"report", written.json}, {"counts", r.counts},
+                                   {"type_counts", r.type_counts}, {"differential_percent", r.differential},
+                                   {"total_ms", r.timings.total_ms}});
+      coco_images.push_back({{"id", image_id}, {"file_name", path.filename().string()}, {"width", r.image_size.width},
+                             {"height", r.image_size.height}});
+      for (auto& det : json::parse(to_coco_results(r, image_id))) coco_results.push_back(std::move(det));
+      table.emplace_back(path.filename().string(), std::move(r));
+    } catch (const std::exception& e) {
+      ++failures;
+      std::cerr << fmt::format("[{}/{}] {}: error: {}\n", i + 1, images.size(), path.string(), e.what());
+    }
+  }
+
+  // The counts table: one row per image, one column per detector label and cell type.
+  std::vector<std::string> columns(detector_labels.begin(), detector_labels.end());
+  for (const auto& [name, n] : total_types) columns.push_back(name);
+  std::size_t name_width = 5;
+  for (const auto& [name, r] : table) name_width = std::max(name_width, name.size());
+  std::string header = fmt::format("{:<{}}", "image", name_width);
+  for (const auto& c : columns) header += fmt::format(" {:>{}}", c, std::max<std::size_t>(c.size(), 5));
+  fmt::print("\n{}\n", header);
+  auto row = [&](const std::string& name, const std::map<std::string, int>& counts, const std::map<std::string, int>& types) {
+    std::string line = fmt::format("{:<{}}", name, name_width);
+    for (const auto& c : columns) {
+      const int n = counts.count(c) ? counts.at(c) : types.count(c) ? types.at(c) : 0;
+      line += fmt::format(" {:>{}}", n, std::max<std::size_t>(c.size(), 5));
+    }
+    fmt::print("{}\n", line);
+  };
+  for (const auto& [name, r] : table) row(name, r.counts, r.type_counts);
+  if (table.size() > 1) row("total", total_counts, total_types);
+
+  int classified = 0;
+  for (const auto& [k, n] : total_types) classified += n;
+  json differential = json::object();
+  for (const auto& [k, n] : total_types) differential[k] = classified ? 100.0 * n / classified : 0.0;
+  summary["total_counts"] = total_counts;
+  summary["total_type_counts"] = total_types;
+  summary["total_differential_percent"] = differential;
+  summary["failed_images"] = failures;
+
+  json categories = json::array();
+  for (std::size_t k = 0; k < detector_labels.size(); ++k) categories.push_back({{"id", k + 1}, {"name", detector_labels[k]}});
+  fs::create_directories(cmd.out);
+  write_file(fs::path(cmd.out) / "summary.json", summary.dump(1) + "\n");
+  write_file(fs::path(cmd.out) / "coco_results.json", coco_results.dump() + "\n");
+  write_file(fs::path(cmd.out) / "coco_images.json",
+             json{{"images", coco_images}, {"categories", categories}, {"annotations", json::array()}}.dump(1) + "\n");
+  fmt::print("\nwrote {} report(s) and summary.json, coco_results.json, coco_images.json to {}/\n", table.size(), cmd.out);
+  if (failures) fmt::print(stderr, "{} of {} image(s) failed\n", failures, images.size());
+  return failures ? 1 : 0;
+}
+
+}  // namespace
+
+Runner add_analyze_command(CLI::App& app) {
+  auto a = std::make_shared<AnalyzeCommand>();
+  CLI::App* cmd = app.add_subcommand("analyze", "Find, classify and count the cells of smear images; write overlays, JSON, CSV, COCO");
+  cmd->add_option("images", a->inputs, "Image files or directories of images")->required();
+  cmd->add_option("--detector", a->detector, "Detector model file (default: models/cell_detector.pt)");
+  cmd->add_option("--classifier", a->classifier, "Classifier model file, or 'none' (default: models/wbc_classifier.pt if present)");
+  cmd->add_option("--tile", a->tile, "Tile size W or WxH in pixels (default: the detector's input size)");
+  cmd->add_option("--overlap", a->overlap, "Overlap between tiles, a fraction of the tile size in [0, 1) (default 0.15)");
+  cmd->add_flag("--whole-image", a->whole_image, "Also detect on the whole image, resized (as SAHI's standard pass)");
+  cmd->add_option("--classify-labels", a->classify_labels, "Comma-separated detector labels whose cells are classified (default WBC)");
+  cmd->add_option("--score-threshold", a->score_threshold, "Detector score threshold (default: the model file's)");
+  cmd->add_option("--device", a->device, "cpu, cuda or cuda:N (default cpu)");
+  cmd->add_option("--batch-size", a->batch_size, "Tiles or crops per forward pass (default 8)");
+  cmd->add_option("--config", a->config, "JSON pipeline config; options given here override it");
+  cmd->add_option("--out", a->out, "Output directory")->capture_default_str();
+  cmd->footer(
+      "Writes, for each image STEM: STEM.overlay.jpg, STEM.json (schema bloodcv.analysis v1), STEM.csv, STEM.coco.json;\n"
+      "and summary.json, coco_results.json, coco_images.json over all images. Exit status 1 if any image failed.");
+  return [cmd, a] { return cmd->parsed() ? run_analyze(*a) : -1; };
+}
+
+}  // namespace bloodcv::cli
