@@ -1,15 +1,18 @@
 """bloodcv: find, classify and count cells in blood and bone-marrow smear images.
 
-The geometry, NMS and tiling components are C++ (bloodcv._core); this package lets numpy arrays and
-torch tensors go in and come out.
+Every component is C++ (bloodcv._core) behind an interface that Python can implement too (Detector,
+Classifier). Boxes go in and come out as numpy arrays or torch tensors; images are numpy arrays in
+OpenCV's BGR order (cv2.imread's; bloodcv.read_image gives the same), or file paths.
 """
-from ._core import (GridTiler, HardNms, IouAwareNms, NonMaxMerge, SoftNms, Suppressor, Tile,
-                    WeightedBoxFusion, __version__)
+from ._core import (AnalysisResult, Classifier, Detector, GridTiler, HardNms, IouAwareNms, NonMaxMerge, Pipeline,
+                    SoftNms, Suppressor, Tile, Tiler, TorchScriptClassifier, TorchScriptDetector, WeightedBoxFusion,
+                    __version__, read_image)
 from .ops import (Suppression, batched_nms, box_convert, box_ios, box_iou, clip_boxes_to_image,
                   distance_box_iou, generalized_box_iou, merge_tile_detections, nms)
 
 __all__ = [
-    "GridTiler", "HardNms", "IouAwareNms", "NonMaxMerge", "SoftNms", "Suppression", "Suppressor", "Tile",
+    "AnalysisResult", "Classifier", "Detector", "Pipeline", "Tiler", "TorchScriptClassifier", "TorchScriptDetector",
+    "read_image", "GridTiler", "HardNms", "IouAwareNms", "NonMaxMerge", "SoftNms", "Suppression", "Suppressor", "Tile",
     "WeightedBoxFusion", "__version__", "batched_nms", "box_convert", "box_ios", "box_iou",
     "clip_boxes_to_image", "distance_box_iou", "generalized_box_iou", "merge_tile_detections", "nms",
 ]
