@@ -5,6 +5,7 @@
 #include "bloodcv/classifier.hpp"
 #include "bloodcv/decoder.hpp"
 #include "bloodcv/detector.hpp"
+#include "bloodcv/eval.hpp"
 #include "bloodcv/image.hpp"
 #include "bloodcv/nms.hpp"
 #include "bloodcv/pipeline.hpp"

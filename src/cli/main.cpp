@@ -1,4 +1,4 @@
-// The bloodcv command-line program: `bloodcv analyze` (the full analysis) and `bloodcv tile`.
+// The bloodcv command-line program: `bloodcv analyze` (the full analysis), `bloodcv eval`, `bloodcv tile`.
 #include <iostream>
 
 #include "bloodcv/version.hpp"
@@ -8,7 +8,8 @@ int main(int argc, char** argv) {
   CLI::App app{"bloodcv: find, classify and count cells in blood and bone-marrow smear images"};
   app.set_version_flag("--version", std::string("bloodcv ") + bloodcv::kVersion);
   app.require_subcommand(1);
-  const bloodcv::cli::Runner runners[] = {bloodcv::cli::add_analyze_command(app), bloodcv::cli::add_tile_command(app)};
+  const bloodcv::cli::Runner runners[] = {bloodcv::cli::add_analyze_command(app), bloodcv::cli::add_eval_command(app),
+                                               bloodcv::cli::add_tile_command(app)};
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

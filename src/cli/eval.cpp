@@ -1,0 +1,119 @@
+// bloodcv eval: detection metrics of predictions (or of a detector run first) against ground truth.
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+
+#include <fmt/format.h>
+
+#include "bloodcv/bloodcv.hpp"
+#include "bloodcv/eval.hpp"
+#include "commands.hpp"
+
+namespace fs = std::filesystem;
+
+namespace bloodcv::cli {
+
+namespace {
+
+struct EvalCommand {
+  std::string gt, format, images, labels, pred, detector, tile, out = "eval", max_dets = "1,10,100";
+  std::optional<double> overlap;
+  std::optional<float> score_threshold;
+};
+
+std::vector<std::string> split_list(const std::string& text) {
+  std::vector<std::string> out;
+  std::stringstream in(text);
+  for (std::string item; std::getline(in, item, ',');)
+    if (!item.empty()) out.push_back(item);
+  return out;
+}
+
+eval::GroundTruth read_ground_truth(const EvalCommand& cmd) {
+  std::string format = cmd.format;
+  if (format.empty()) {  // from what the path holds
+    const fs::path p(cmd.gt);
+    if (p.extension() == ".json") format = "coco";
+    else if (p.extension() == ".xml") format = "voc";
+    else if (fs::is_directory(p)) {
+      for (const auto& e : fs::directory_iterator(p)) {
+        if (e.path().extension() == ".xml") format = "voc";
+        if (e.path().extension() == ".txt" && format.empty()) format = "yolo";
+      }
+    }
+    if (format.empty()) throw std::invalid_argument(fmt::format("cannot tell the format of '{}': pass --format voc|yolo|coco", cmd.gt));
+  }
+  const auto labels = split_list(cmd.labels);
+  if (format == "voc") return eval::read_voc(cmd.gt, labels);
+  if (format == "coco") return eval::read_coco(cmd.gt);
+  if (format == "yolo") {
+    if (cmd.images.empty()) throw std::invalid_argument("YOLO ground truth needs --images (for the image sizes)");
+    return eval::read_yolo(cmd.gt, cmd.images, labels);
+  }
+  throw std::invalid_argument(fmt::format("--format must be voc, yolo or coco, got '{}'", format));
+}
+
+// Runs the detector over the ground truth's images and writes bloodcv reports to out/predictions.
+std::string predict(const EvalCommand& cmd, const eval::GroundTruth& gt) {
+  if (cmd.images.empty()) throw std::invalid_argument("--detector needs --images DIR");
+  PipelineConfig config;
+  config.detector = cmd.detector;
+  if (!cmd.tile.empty()) config.tile = parse_size(cmd.tile);
+  if (cmd.overlap) config.overlap = *cmd.overlap;
+  config.score_threshold = cmd.score_threshold;
+  const Pipeline pipeline = make_pipeline(config);
+  std::map<std::string, fs::path> files;
+  for (const auto& e : fs::directory_iterator(cmd.images))
+    if (e.is_regular_file()) files[e.path().stem().string()] = e.path();
+  const fs::path dir = fs::path(cmd.out) / "predictions";
+  fs::create_directories(dir);
+  std::size_t done = 0;
+  for (const auto& image : gt.images) {
+    const auto it = files.find(image.image);
+    if (it == files.end()) throw std::runtime_error(fmt::format("no image named '{}' in '{}'", image.image, cmd.images));
+    const AnalysisResult r = pipeline.analyze(it->second.string());
+    std::ofstream(dir / (image.image + ".json")) << to_json(r, it->second.string());
+    if (++done % 20 == 0 || done == gt.images.size()) fmt::print(stderr, "\rpredicted {}/{} images", done, gt.images.size());
+  }
+  fmt::print(stderr, "\n");
+  return dir.string();
+}
+
+int run_eval(const EvalCommand& cmd) {
+  if (cmd.pred.empty() == cmd.detector.empty()) throw std::invalid_argument("give either --pred or --detector");
+  const eval::GroundTruth gt = read_ground_truth(cmd);
+  const std::string predictions = cmd.pred.empty() ? predict(cmd, gt) : cmd.pred;
+  eval::DetectionEvalOptions options;
+  options.max_detections.clear();
+  for (const auto& m : split_list(cmd.max_dets)) options.max_detections.push_back(std::stoi(m));
+  const eval::DetectionReport report = eval::evaluate_detections(gt, eval::read_predictions(predictions), options);
+  const std::string markdown = eval::to_markdown(report);
+  fmt::print("{}", markdown);
+  fs::create_directories(cmd.out);
+  std::ofstream(fs::path(cmd.out) / "eval.md") << markdown;
+  std::ofstream(fs::path(cmd.out) / "eval.json") << eval::to_json(report);
+  fmt::print("\nwrote {0}/eval.md and {0}/eval.json\n", cmd.out);
+  return 0;
+}
+
+}  // namespace
+
+Runner add_eval_command(CLI::App& app) {
+  auto e = std::make_shared<EvalCommand>();
+  CLI::App* cmd = app.add_subcommand("eval", "Evaluate detections against ground truth: COCO AP/AR, P/R/F1 by IoU, counting error");
+  cmd->add_option("--gt", e->gt, "Ground truth: VOC XML file or directory, YOLO label directory, or COCO JSON")->required();
+  cmd->add_option("--format", e->format, "voc, yolo or coco (default: from the path)");
+  cmd->add_option("--labels", e->labels, "Comma-separated label names (VOC: fixes the set; YOLO: instead of classes.txt)");
+  cmd->add_option("--pred", e->pred, "Predictions: bloodcv analysis JSON file or directory, or COCO results JSON (with coco_images.json beside)");
+  cmd->add_option("--detector", e->detector, "Run this detector model over --images first, instead of --pred");
+  cmd->add_option("--images", e->images, "Image directory (for --detector, and for YOLO image sizes)");
+  cmd->add_option("--tile", e->tile, "Tile size W or WxH for --detector (default: its input size)");
+  cmd->add_option("--overlap", e->overlap, "Tile overlap for --detector (default 0.15)");
+  cmd->add_option("--score-threshold", e->score_threshold, "Detector score threshold for --detector (default: the model file's)");
+  cmd->add_option("--max-dets", e->max_dets, "Comma-separated COCO max detections per image")->capture_default_str();
+  cmd->add_option("--out", e->out, "Output directory for eval.json, eval.md (and predictions/)")->capture_default_str();
+  return [cmd, e] { return cmd->parsed() ? run_eval(*e) : -1; };
+}
+
+}  // namespace bloodcv::cli

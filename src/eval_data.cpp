@@ -1,0 +1,234 @@
+// Reading ground truth (Pascal VOC, YOLO, COCO) and predictions (bloodcv reports, COCO results).
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <sstream>
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+#include <nlohmann/json.hpp>
+#include <opencv2/imgcodecs.hpp>
+#include <pugixml.hpp>
+
+#include "bloodcv/eval.hpp"
+
+namespace bloodcv::eval {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+namespace {
+
+[[noreturn]] void fail_file(const fs::path& path, const std::string& what) {
+  throw std::runtime_error(fmt::format("'{}': {}", path.string(), what));
+}
+
+std::vector<fs::path> files_with(const fs::path& path, const std::string& extension) {
+  if (fs::is_regular_file(path)) return {path};
+  if (!fs::is_directory(path)) fail_file(path, "no such file or directory");
+  std::vector<fs::path> files;
+  for (const auto& e : fs::directory_iterator(path))
+    if (e.is_regular_file() && e.path().extension() == extension) files.push_back(e.path());
+  std::sort(files.begin(), files.end());
+  if (files.empty()) fail_file(path, fmt::format("no {} files", extension));
+  return files;
+}
+
+json read_json(const fs::path& path) {
+  std::ifstream in(path);
+  if (!in) fail_file(path, "cannot open");
+  try {
+    return json::parse(in);
+  } catch (const json::exception& e) {
+    fail_file(path, fmt::format("not valid JSON: {}", e.what()));
+  }
+}
+
+// Index of `name` in `labels`, appending it unless the label set is fixed.
+std::int64_t label_index(std::vector<std::string>& labels, const std::string& name, bool fixed, const fs::path& where) {
+  const auto it = std::find(labels.begin(), labels.end(), name);
+  if (it != labels.end()) return it - labels.begin();
+  if (fixed) fail_file(where, fmt::format("label '{}' is not one of {}", name, fmt::join(labels, ", ")));
+  labels.push_back(name);
+  return static_cast<std::int64_t>(labels.size() - 1);
+}
+
+Box checked_box(double x1, double y1, double x2, double y2, const fs::path& where) {
+  const Box b{static_cast<float>(x1), static_cast<float>(y1), static_cast<float>(x2), static_cast<float>(y2)};
+  try {
+    validate_boxes(Span<Box>(&b, 1), "box");
+  } catch (const std::invalid_argument& e) {
+    fail_file(where, e.what());
+  }
+  return b;
+}
+
+}  // namespace
+
+GroundTruth read_voc(const std::string& path, std::vector<std::string> labels) {
+  GroundTruth gt;
+  const bool fixed = !labels.empty();
+  gt.labels = std::move(labels);
+  for (const fs::path& file : files_with(path, ".xml")) {
+    pugi::xml_document doc;
+    if (const auto parsed = doc.load_file(file.c_str()); !parsed) fail_file(file, fmt::format("not valid XML: {}", parsed.description()));
+    const pugi::xml_node annotation = doc.child("annotation");
+    if (!annotation) fail_file(file, "no <annotation> element: not Pascal VOC");
+    ImageGroundTruth image;
+    const std::string filename = annotation.child_value("filename");
+    image.image = fs::path(filename.empty() ? file.filename().string() : filename).stem().string();
+    image.size = {annotation.child("size").child("width").text().as_int(), annotation.child("size").child("height").text().as_int()};
+    for (const pugi::xml_node object : annotation.children("object")) {
+      std::string name = object.child_value("name");
+      name.erase(0, name.find_first_not_of(" \t\n"));
+      name.erase(name.find_last_not_of(" \t\n") + 1);
+      const pugi::xml_node b = object.child("bndbox");
+      if (!b) fail_file(file, fmt::format("object '{}' has no <bndbox>", name));
+      GroundTruthBox box;
+      box.box = checked_box(b.child("xmin").text().as_double(), b.child("ymin").text().as_double(), b.child("xmax").text().as_double(),
+                            b.child("ymax").text().as_double(), file);
+      box.label = label_index(gt.labels, name, fixed, file);
+      box.ignore = object.child("difficult").text().as_int() != 0;
+      image.boxes.push_back(box);
+    }
+    gt.images.push_back(std::move(image));
+  }
+  return gt;
+}
+
+GroundTruth read_yolo(const std::string& labels_dir, const std::string& images_dir, std::vector<std::string> labels) {
+  GroundTruth gt;
+  if (labels.empty()) {  // classes.txt beside the label files or one level up, as YOLO datasets keep it
+    for (const fs::path& candidate : {fs::path(labels_dir) / "classes.txt", fs::path(labels_dir).parent_path() / "classes.txt"}) {
+      std::ifstream in(candidate);
+      for (std::string line; std::getline(in, line);)
+        if (!line.empty() && line.find_first_not_of(" \r") != std::string::npos) labels.push_back(line.substr(0, line.find_last_not_of(" \r") + 1));
+      if (!labels.empty()) break;
+    }
+    if (labels.empty()) fail_file(labels_dir, "no label names: pass them, or put classes.txt beside the label files");
+  }
+  gt.labels = labels;
+  std::map<std::string, fs::path> images;
+  for (const auto& e : fs::directory_iterator(images_dir))
+    if (e.is_regular_file()) images[e.path().stem().string()] = e.path();
+  for (const fs::path& file : files_with(labels_dir, ".txt")) {
+    if (file.filename() == "classes.txt") continue;
+    ImageGroundTruth image;
+    image.image = file.stem().string();
+    const auto found = images.find(image.image);
+    if (found == images.end()) fail_file(file, fmt::format("no image named '{}.*' in '{}'", image.image, images_dir));
+    const cv::Mat pixels = cv::imread(found->second.string(), cv::IMREAD_UNCHANGED);
+    if (pixels.empty()) fail_file(found->second, "cannot read image");
+    image.size = pixels.size();
+    std::ifstream in(file);
+    int line_number = 0;
+    for (std::string line; std::getline(in, line);) {
+      ++line_number;
+      if (line.find_first_not_of(" \r\t") == std::string::npos) continue;
+      std::istringstream fields(line);
+      std::int64_t cls = 0;
+      double cx = 0, cy = 0, w = 0, h = 0;
+      if (!(fields >> cls >> cx >> cy >> w >> h)) fail_file(file, fmt::format("line {}: expected 'class cx cy w h'", line_number));
+      if (cls < 0 || static_cast<std::size_t>(cls) >= labels.size())
+        fail_file(file, fmt::format("line {}: class {} is outside the {} labels", line_number, cls, labels.size()));
+      const double W = image.size.width, H = image.size.height;
+      image.boxes.push_back({checked_box((cx - w / 2) * W, (cy - h / 2) * H, (cx + w / 2) * W, (cy + h / 2) * H, file), cls, false});
+    }
+    gt.images.push_back(std::move(image));
+  }
+  return gt;
+}
+
+GroundTruth read_coco(const std::string& path) {
+  const json doc = read_json(path);
+  GroundTruth gt;
+  try {
+    std::map<std::int64_t, std::int64_t> category_index;
+    for (const auto& c : doc.at("categories")) {
+      category_index[c.at("id").get<std::int64_t>()] = static_cast<std::int64_t>(gt.labels.size());
+      gt.labels.push_back(c.at("name").get<std::string>());
+    }
+    std::map<std::int64_t, std::size_t> image_index;
+    for (const auto& im : doc.at("images")) {
+      image_index[im.at("id").get<std::int64_t>()] = gt.images.size();
+      gt.images.push_back({fs::path(im.at("file_name").get<std::string>()).stem().string(), {im.value("width", 0), im.value("height", 0)}, {}});
+    }
+    for (const auto& a : doc.at("annotations")) {
+      const auto bbox = a.at("bbox").get<std::vector<double>>();
+      if (bbox.size() != 4) fail_file(path, "an annotation's bbox must be [x, y, w, h]");
+      const auto im = image_index.find(a.at("image_id").get<std::int64_t>());
+      const auto cat = category_index.find(a.at("category_id").get<std::int64_t>());
+      if (im == image_index.end() || cat == category_index.end()) fail_file(path, "an annotation names an unknown image or category");
+      gt.images[im->second].boxes.push_back(
+          {checked_box(bbox[0], bbox[1], bbox[0] + bbox[2], bbox[1] + bbox[3], path), cat->second, a.value("iscrowd", 0) != 0});
+    }
+  } catch (const json::exception& e) {
+    fail_file(path, fmt::format("not COCO instances JSON: {}", e.what()));
+  }
+  return gt;
+}
+
+Predictions read_predictions(const std::string& path) {
+  Predictions p;
+  const fs::path root(path);
+  const json first = read_json(fs::is_directory(root) ? files_with(root, ".json").front() : root);
+  if (first.is_array()) {  // COCO results, with coco_images.json beside them
+    const fs::path images_file = root.parent_path() / "coco_images.json";
+    if (!fs::exists(images_file)) fail_file(path, "COCO results need coco_images.json beside them (bloodcv analyze writes it)");
+    const json images = read_json(images_file);
+    std::map<std::int64_t, std::size_t> image_index;
+    std::map<std::int64_t, std::int64_t> category_index;
+    try {
+      for (const auto& c : images.at("categories")) {
+        category_index[c.at("id").get<std::int64_t>()] = static_cast<std::int64_t>(p.labels.size());
+        p.labels.push_back(c.at("name").get<std::string>());
+      }
+      for (const auto& im : images.at("images")) {
+        image_index[im.at("id").get<std::int64_t>()] = p.images.size();
+        p.images.push_back({fs::path(im.at("file_name").get<std::string>()).stem().string(), {}});
+      }
+      for (const auto& r : first) {
+        const auto bbox = r.at("bbox").get<std::vector<double>>();
+        const auto im = image_index.find(r.at("image_id").get<std::int64_t>());
+        const auto cat = category_index.find(r.at("category_id").get<std::int64_t>());
+        if (bbox.size() != 4 || im == image_index.end() || cat == category_index.end())
+          fail_file(path, "a result has a bad bbox or an unknown image or category id");
+        Detection d;
+        d.box = checked_box(bbox[0], bbox[1], bbox[0] + bbox[2], bbox[1] + bbox[3], path);
+        d.score = r.at("score").get<float>();
+        d.label = cat->second;
+        p.images[im->second].detections.push_back(d);
+      }
+    } catch (const json::exception& e) {
+      fail_file(path, fmt::format("not COCO results: {}", e.what()));
+    }
+    return p;
+  }
+  // bloodcv analysis reports
+  for (const fs::path& file : fs::is_directory(root) ? files_with(root, ".json") : std::vector<fs::path>{root}) {
+    const json doc = read_json(file);
+    if (!doc.is_object() || doc.value("schema", "") != "bloodcv.analysis") continue;  // summary.json, coco_images.json
+    try {
+      ImagePredictions image;
+      const std::string source = doc.at("image").value("path", "");
+      image.image = fs::path(source.empty() ? file.filename().string() : source).stem().string();
+      for (const auto& cell : doc.at("cells")) {
+        const auto b = cell.at("box").get<std::vector<double>>();
+        if (b.size() != 4) fail_file(file, "a cell's box must be [x1, y1, x2, y2]");
+        Detection d;
+        d.box = checked_box(b[0], b[1], b[2], b[3], file);
+        d.score = cell.at("score").get<float>();
+        d.label = label_index(p.labels, cell.at("label").get<std::string>(), false, file);
+        image.detections.push_back(d);
+      }
+      p.images.push_back(std::move(image));
+    } catch (const json::exception& e) {
+      fail_file(file, fmt::format("not a bloodcv analysis report: {}", e.what()));
+    }
+  }
+  if (p.images.empty()) fail_file(path, "no bloodcv analysis reports (schema bloodcv.analysis) found");
+  return p;
+}
+
+}  // namespace bloodcv::eval
