@@ -8,4 +8,5 @@ PYBIND11_MODULE(_core, m) {
   m.attr("__version__") = bloodcv::kVersion;
   bloodcv::python::bind_geometry(m);
   bloodcv::python::bind_runtime(m);
+  bloodcv::python::bind_eval(m);
 }
