@@ -1,8 +1,9 @@
 """Benchmarks bloodcv's NMS against torchvision's, side by side in one run, and writes RESULTS.md.
 
-    .venv/bin/python benchmarks/run.py [--quick] [--out benchmarks/RESULTS.md]
+    .venv/bin/python benchmarks/run.py nms [--quick]
+    .venv/bin/python benchmarks/run.py pipeline [--detector models/cell_detector.pt] [--quick]
 
-Both run on the CPU with one thread (torch.set_num_threads(1); the C++ benchmark pinned to one core
+Everything runs on the CPU with one thread (torch.set_num_threads(1); the C++ benchmark pinned to one core
 where taskset exists). Each case is timed several times on the same data and the median is reported;
 the ratio is torchvision's median over ours (above 1: we are faster). Both results are checked to be
 the same indices before a time is recorded.
@@ -120,28 +121,52 @@ def cpp_table(n: int, repeats: int) -> list[str]:
     return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="smaller sizes, fewer repeats (a smoke run)")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "RESULTS.md")
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    sizes, repeats, big = ([1_000, 10_000], 3, 100_000) if args.quick else ([1_000, 10_000, 100_000], 9, 1_000_000)
+def write_results(section: str, lines: list[str]) -> Path:
+    """Stores one section and rebuilds RESULTS.md: the machine, then every section in name order."""
+    results = ROOT / "benchmarks" / "results"
+    results.mkdir(exist_ok=True)
+    (results / f"{section}.md").write_text("\n".join(lines) + "\n")
+    out = ROOT / "benchmarks" / "RESULTS.md"
+    parts = ["# Benchmark results", "", "Each section is written by `.venv/bin/python benchmarks/run.py SECTION` "
+             "(sections: nms, pipeline, assign); the machine below is the one the latest section ran on.", "",
+             "## Machine", ""] + machine()
+    for f in sorted(results.glob("*.md")):
+        parts += ["", f.read_text().rstrip()]
+    out.write_text("\n".join(parts) + "\n")
+    return out
 
-    lines = ["# Benchmark results", "", f"Written by `{Path(sys.argv[0]).as_posix()}"
-             f"{' --quick' if args.quick else ''}` on {time.strftime('%Y-%m-%d')}.", "", "## Machine", ""]
-    lines += machine()
-    lines += ["", "## NMS against torchvision (CPU, Python API, same data, same indices checked)", "",
-              "Median wall time of each call from Python, numpy/torch conversion included. Ratio = torchvision / bloodcv.",
-              "Boxes are 20-60 px cells on a square slide of side 60·√N px; *clustered* has 10 jittered candidates "
-              "per cell (a detector's raw output), *spread* one box per cell. IoU threshold 0.5; batched_nms over 3 labels.",
-              ""]
+
+def nms_section(quick: bool) -> list[str]:
+    sizes, repeats, big = ([1_000, 10_000], 3, 100_000) if quick else ([1_000, 10_000, 100_000], 9, 1_000_000)
+    lines = [f"## NMS against torchvision (CPU, Python API, same data, same indices checked) — {time.strftime('%Y-%m-%d')}", "",
+             "Median wall time of each call from Python, numpy/torch conversion included. Ratio = torchvision / bloodcv.",
+             "Boxes are 20-60 px cells on a square slide of side 60·√N px; *clustered* has 10 jittered candidates "
+             "per cell (a detector's raw output), *spread* one box per cell. IoU threshold 0.5; batched_nms over 3 labels.",
+             ""]
     lines += nms_table(sizes, repeats)
-    lines += ["", f"## The NMS family on {big:,} boxes in C++ (`build/bench_nms`, one core)", "",
+    lines += ["", f"### The NMS family on {big:,} boxes in C++ (`build/bench_nms`, one core)", "",
               "Whole-slide scale: every strategy on the same synthetic detections, timed in C++ without Python.", ""]
     lines += cpp_table(big, 3)
-    args.out.write_text("\n".join(lines) + "\n")
-    print(f"wrote {args.out}")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="section", required=True)
+    nms_p = sub.add_parser("nms", help="bloodcv.nms / batched_nms against torchvision, and the NMS family at 10^6 boxes")
+    nms_p.add_argument("--quick", action="store_true", help="smaller sizes, fewer repeats (a smoke run)")
+    pipe_p = sub.add_parser("pipeline", help="the whole pipeline (C++, Python) against a plain Python tiling loop")
+    pipe_p.add_argument("--detector", default=str(ROOT / "models" / "cell_detector.pt"))
+    pipe_p.add_argument("--datasets", default=str(ROOT.parent / "shared" / "datasets"))
+    pipe_p.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    if args.section == "nms":
+        lines = nms_section(args.quick)
+    else:
+        from pipeline_bench import pipeline_section
+        lines = pipeline_section(Path(args.detector), Path(args.datasets), args.quick)
+    print(f"wrote {write_results(args.section, lines)}")
 
 
 if __name__ == "__main__":
