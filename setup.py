@@ -16,11 +16,12 @@ class CMakeBuild(build_ext):
         build_dir = Path(os.environ.get("BLOODCV_BUILD_DIR", ROOT / "build"))
         subprocess.check_call(["cmake", "-S", str(ROOT), "-B", str(build_dir), f"-DPython_EXECUTABLE={sys.executable}"])
         jobs = os.environ.get("CMAKE_BUILD_PARALLEL_LEVEL", str(os.cpu_count() or 1))
-        subprocess.check_call(["cmake", "--build", str(build_dir), "--target", "_core", "-j", jobs])
-        built = next((build_dir / "python" / "bloodcv").glob("_core*.so"))
+        subprocess.check_call(["cmake", "--build", str(build_dir), "--target", "_core", "_ops", "-j", jobs])
+        built = build_dir / "python" / "bloodcv"
         target = Path(self.get_ext_fullpath(ext.name))
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(built, target)
+        shutil.copy2(next(built.glob("_core*.so")), target)
+        shutil.copy2(built / "_ops.so", target.parent / "_ops.so")  # torch.ops.bloodcv, for bloodcv.assign
 
 
 setup(
