@@ -303,7 +303,13 @@ AssignResult PaaAssigner::assign(const AssignInput& in) const {
     const double lo = *std::min_element(x.begin(), x.end()), hi = *std::max_element(x.begin(), x.end());
     std::vector<double> positive_probability(x.size(), 1.0);
     if (chosen.size() >= 2 && hi > lo) {
-      const Gmm1d gmm = fit_gmm_1d(x, Gmm1d{{0.5, 0.5}, {lo, hi}, {1.0, 1.0}}, options_.em_iterations, options_.em_tolerance);
+      // Initial variances: the scores' own (the reference's 1.0 suits its loss-based scores, not
+      // probabilities in [0, 1], where EM would stop before the components separate).
+      double mean = 0, var = 0;
+      for (const double v : x) mean += v / static_cast<double>(x.size());
+      for (const double v : x) var += (v - mean) * (v - mean) / static_cast<double>(x.size());
+      const Gmm1d init{{0.5, 0.5}, {lo, hi}, {var + 1e-6, var + 1e-6}};
+      const Gmm1d gmm = fit_gmm_1d(x, init, options_.em_iterations, options_.em_tolerance);
       positive_probability = gmm_posterior(gmm, x);
     }
     for (std::size_t i = 0; i < chosen.size(); ++i)

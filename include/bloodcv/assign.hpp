@@ -79,8 +79,9 @@ class AtssAssigner final : public LabelAssigner {
 
 // PAA (Kim and Lee 2020): candidates are the anchors whose best box is this one with IoU >= 0.1 (as
 // mmdetection's PAA); their score is class probability × IoU(predicted box, box)^lambda; per level the
-// top_k scores are kept, and a two-component 1-D Gaussian mixture fitted by EM (initialised at the
-// lowest and highest score, as the reference) splits positives (the high component) from negatives.
+// top_k scores are kept, and a two-component 1-D Gaussian mixture fitted by EM (means initialised at the
+// lowest and highest score, as the reference; variances at the scores' variance) splits positives (the
+// high component, posterior > 0.5) from negatives.
 struct PaaOptions {
   std::int64_t top_k = 9;
   double iou_lambda = 1.0;

@@ -252,3 +252,14 @@ def test_cuda_tensors_stay_on_cuda():
     r = A.AtssAssigner().assign(anchors.cuda(), gt.cuda(), labels.cuda())
     assert r.gt_index.is_cuda
     assert torch.equal(r.gt_index.cpu(), A.AtssAssigner().assign(anchors, gt, labels).gt_index)
+
+
+@pytest.mark.parametrize("strategy", ["max_iou", "atss", "paa", "ota"])
+def test_training_step_example_runs(strategy):
+    import subprocess
+    import sys
+    from pathlib import Path
+    example = Path(__file__).resolve().parents[2] / "examples" / "training_step.py"
+    result = subprocess.run([sys.executable, str(example), strategy], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"{strategy}: ") and "positives" in result.stdout
