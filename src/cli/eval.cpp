@@ -2,6 +2,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <set>
 #include <sstream>
 
 #include <fmt/format.h>
@@ -17,7 +18,7 @@ namespace bloodcv::cli {
 namespace {
 
 struct EvalCommand {
-  std::string gt, format, images, labels, pred, detector, tile, out = "eval", max_dets = "1,10,100";
+  std::string gt, format, images, labels, split, pred, detector, tile, out = "eval", max_dets = "1,10,100";
   std::optional<double> overlap;
   std::optional<float> score_threshold;
 };
@@ -82,7 +83,18 @@ std::string predict(const EvalCommand& cmd, const eval::GroundTruth& gt) {
 
 int run_eval(const EvalCommand& cmd) {
   if (cmd.pred.empty() == cmd.detector.empty()) throw std::invalid_argument("give either --pred or --detector");
-  const eval::GroundTruth gt = read_ground_truth(cmd);
+  eval::GroundTruth gt = read_ground_truth(cmd);
+  if (!cmd.split.empty()) {  // keep the images the split file names (one id per line, as VOC's ImageSets)
+    std::ifstream in(cmd.split);
+    if (!in) throw std::runtime_error(fmt::format("cannot open split file '{}'", cmd.split));
+    std::set<std::string> ids;
+    for (std::string id; in >> id;) ids.insert(fs::path(id).stem().string());
+    std::vector<eval::ImageGroundTruth> kept;
+    for (auto& im : gt.images)
+      if (ids.count(im.image)) kept.push_back(std::move(im));
+    if (kept.empty()) throw std::runtime_error(fmt::format("no ground-truth image is named in '{}'", cmd.split));
+    gt.images = std::move(kept);
+  }
   const std::string predictions = cmd.pred.empty() ? predict(cmd, gt) : cmd.pred;
   eval::DetectionEvalOptions options;
   options.max_detections.clear();
@@ -105,6 +117,7 @@ Runner add_eval_command(CLI::App& app) {
   cmd->add_option("--gt", e->gt, "Ground truth: VOC XML file or directory, YOLO label directory, or COCO JSON")->required();
   cmd->add_option("--format", e->format, "voc, yolo or coco (default: from the path)");
   cmd->add_option("--labels", e->labels, "Comma-separated label names (VOC: fixes the set; YOLO: instead of classes.txt)");
+  cmd->add_option("--split", e->split, "File of image ids (one per line, as VOC ImageSets): evaluate only those images");
   cmd->add_option("--pred", e->pred, "Predictions: bloodcv analysis JSON file or directory, or COCO results JSON (with coco_images.json beside)");
   cmd->add_option("--detector", e->detector, "Run this detector model over --images first, instead of --pred");
   cmd->add_option("--images", e->images, "Image directory (for --detector, and for YOLO image sizes)");

@@ -1,0 +1,134 @@
+"""Evaluates the default models on held-out data for their model cards, with bloodcv's own evaluator.
+
+    .venv/bin/python scripts/evaluate_models.py [--datasets ../shared/datasets] [--out models]
+
+- models/cell_detector.pt on BCCD's test split (Pascal VOC boxes; images never used in training):
+  `bloodcv eval` → models/cell_detector.eval.md / .eval.json (COCO summary, P/R/F1 by IoU, per class).
+- the default pair end to end on the same split: for each test image whose white cell is known
+  (exactly one WBC box and one type in wbc_labels.csv), a true white cell counts as correct when the
+  pipeline finds it (IoU >= 0.5) and types it right → models/pipeline.chain.json / .md.
+- CPU latency of the detector per tile and of the classifier per cell.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import bloodcv
+from bloodcv import eval as bev
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def evaluate_detector(detector: Path, bccd: Path, out: Path) -> dict:
+    work = ROOT / "build" / "eval" / detector.stem
+    cmd = [str(ROOT / "build" / "bloodcv"), "eval", "--gt", str(bccd / "Annotations"), "--labels", "WBC,RBC,Platelets",
+           "--split", str(bccd / "ImageSets" / "Main" / "test.txt"), "--detector", str(detector),
+           "--images", str(bccd / "JPEGImages"), "--max-dets", "1,10,100,300", "--out", str(work)]
+    subprocess.run(cmd, check=True)
+    (out / f"{detector.stem}.eval.md").write_text(f"Command: `{' '.join(Path(c).name if '/' in c and c.endswith('bloodcv') else c for c in cmd)}`\n\n"
+                                                 + (work / "eval.md").read_text())
+    report = json.loads((work / "eval.json").read_text())
+    (out / f"{detector.stem}.eval.json").write_text(json.dumps(report, indent=1) + "\n")
+    return report
+
+
+def known_white_cells(bccd: Path, labels_csv: Path, ids: list[str]) -> dict:
+    """{image: [(box, type)]} for test images with one WBC box and one known type."""
+    types = {}
+    with open(labels_csv) as f:
+        for row in csv.DictReader(f):
+            category = (row.get("category") or "").strip()
+            if category and "," not in category:
+                types[f"BloodImage_{int(row['image']):05d}"] = category.lower()
+    truth = {}
+    for image_id in ids:
+        if image_id not in types or not (bccd / "JPEGImages" / f"{image_id}.jpg").exists():
+            continue
+        wbcs = [o.find("bndbox") for o in ET.parse(bccd / "Annotations" / f"{image_id}.xml").getroot().iter("object")
+                if o.findtext("name").strip() == "WBC"]
+        if len(wbcs) == 1:
+            box = [float(wbcs[0].findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax")]
+            truth[image_id] = [(box, types[image_id])]
+    return truth
+
+
+def evaluate_chain(detector: Path, classifier: Path, bccd: Path, datasets: Path, out: Path) -> dict:
+    ids = (bccd / "ImageSets" / "Main" / "test.txt").read_text().split()
+    truth = known_white_cells(bccd, datasets / "bccd" / "wbc_labels.csv", ids)
+    det = bloodcv.TorchScriptDetector(str(detector))
+    pipeline = bloodcv.Pipeline(det, bloodcv.TorchScriptClassifier(str(classifier)))
+    predicted = {}
+    for image_id in truth:
+        r = pipeline.analyze(str(bccd / "JPEGImages" / f"{image_id}.jpg"))
+        a = r.arrays()
+        predicted[image_id] = [(a["boxes"][i].tolist(), r.classifier_labels[a["types"][i]], float(a["scores"][i]))
+                               for i in range(len(r)) if a["types"][i] >= 0]
+    chain = bev.evaluate_chain(truth, predicted)
+    result = {"images": len(truth), "cells": chain.cells, "detected": chain.detected, "correct": chain.correct,
+              "detection_recall": chain.detection_recall, "end_to_end_accuracy": chain.end_to_end_accuracy,
+              "types_of_detected": chain.types.to_dict() if chain.detected else None}
+    (out / "pipeline.chain.json").write_text(json.dumps(result, indent=1) + "\n")
+    md = (f"End to end on BCCD's test split: {len(truth)} images whose single white cell has a known type "
+          f"(wbc_labels.csv). Detected (IoU ≥ 0.5): {chain.detected}/{chain.cells} "
+          f"({chain.detection_recall:.3f}); detected and typed right: {chain.correct}/{chain.cells} "
+          f"({chain.end_to_end_accuracy:.3f}).\n\n")
+    if chain.detected:
+        md += "Types of the detected white cells (BCCD's labels against the classifier's):\n\n" + chain.types.to_markdown()
+    (out / "pipeline.chain.md").write_text(md)
+    return result
+
+
+def latency(detector: Path, classifier: Path, bccd: Path) -> dict:
+    torch.set_num_threads(1)
+    image = bloodcv.read_image(str(next((bccd / "JPEGImages").glob("*.jpg"))))
+    det = bloodcv.TorchScriptDetector(str(detector), batch_size=1)
+    w, h = det.input_size()
+    tile = np.ascontiguousarray(np.resize(image, (h, w, 3)))
+    det.detect([tile])
+    t = []
+    for _ in range(5):
+        start = time.perf_counter()
+        det.detect([tile])
+        t.append(time.perf_counter() - start)
+    cls = bloodcv.TorchScriptClassifier(str(classifier), batch_size=32)
+    boxes = np.array([[100, 100, 200, 200]] * 32, np.float32)
+    cls.classify(image, boxes)
+    c = []
+    for _ in range(5):
+        start = time.perf_counter()
+        cls.classify(image, boxes)
+        c.append((time.perf_counter() - start) / 32)
+    return {"detector_ms_per_tile": statistics.median(t) * 1e3, "classifier_ms_per_cell": statistics.median(c) * 1e3,
+            "threads": 1}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--datasets", type=Path, default=ROOT.parent / "shared" / "datasets")
+    parser.add_argument("--out", type=Path, default=ROOT / "models")
+    parser.add_argument("--detector", type=Path, default=ROOT / "models" / "cell_detector.pt")
+    parser.add_argument("--classifier", type=Path, default=ROOT / "models" / "wbc_classifier.pt")
+    args = parser.parse_args()
+    bccd = args.datasets / "bccd" / "BCCD"
+    report = evaluate_detector(args.detector, bccd, args.out)
+    print(json.dumps(report["coco"], indent=1))
+    chain = evaluate_chain(args.detector, args.classifier, bccd, args.datasets, args.out)
+    print({k: v for k, v in chain.items() if k != "types_of_detected"})
+    speed = latency(args.detector, args.classifier, bccd)
+    (args.out / "latency.json").write_text(json.dumps(speed, indent=1) + "\n")
+    print(speed)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
