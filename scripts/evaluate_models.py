@@ -50,7 +50,7 @@ def known_white_cells(bccd: Path, labels_csv: Path, ids: list[str]) -> dict:
         for row in csv.DictReader(f):
             category = (row.get("category") or "").strip()
             if category and "," not in category:
-                types[f"BloodImage_{int(row['image']):05d}"] = category.lower()
+                types[row["image"].strip()] = category.lower()
     truth = {}
     for image_id in ids:
         if image_id not in types or not (bccd / "JPEGImages" / f"{image_id}.jpg").exists():
