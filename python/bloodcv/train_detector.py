@@ -274,7 +274,7 @@ def average_precision(detections: Sequence, ground_truth: Sequence, num_classes:
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, samples: Sequence[D.Sample], input_size: int, cfg_eval: Dict,
              labels: Sequence[str] = D.LABELS, dataset: Optional[D.DetectionDataset] = None,
-             score_threshold_report: float = 0.25) -> Dict:
+             score_threshold_report: float = 0.25, predict=None) -> Dict:
     """AP50 per class and their mean on samples, boxes compared in original image pixels."""
     was_training = model.training
     model.eval()
@@ -285,7 +285,8 @@ def evaluate(model: torch.nn.Module, samples: Sequence[D.Sample], input_size: in
     for start in range(0, len(ds), bs):
         items = [ds[i] for i in range(start, min(start + bs, len(ds)))]
         imgs = torch.stack([it[0] for it in items]).float().div_(255).contiguous(memory_format=torch.channels_last)
-        outs = postprocess(model(imgs), cfg_eval["conf_threshold"], cfg_eval["iou_threshold"], cfg_eval["max_det"])
+        outs = (predict(model, imgs) if predict else
+                postprocess(model(imgs), cfg_eval["conf_threshold"], cfg_eval["iou_threshold"], cfg_eval["max_det"]))
         for (_, _, i), o in zip(items, outs):
             s = ds.samples[i]
             sx, sy, dx, dy = D.letterbox_transform(s.width, s.height, input_size)
@@ -362,9 +363,8 @@ class DetectorTrainer:
         self.train_ds = D.DetectionDataset(train, S, augment=cfg["augment"], seed=cfg["seed"])
         self.val_ds = D.DetectionDataset(self.val, S, augment=None)
         self.test_ds = D.DetectionDataset(self.test, S, augment=None)
-        self.model = YoloDetector(len(D.LABELS), cfg["width"], cfg["depth"], anchors=self._anchors(),
-                                  input_size=S).to(memory_format=torch.channels_last)
-        self.loss_fn = YoloLoss(self.model, S, cfg["loss"])
+        self.model = self.build_model().to(memory_format=torch.channels_last)
+        self.loss_fn = self.build_loss()
         self.optimizer = build_optimizer(self.model, cfg)
         self.ema = ModelEMA(self.model, cfg["ema_decay"], cfg["ema_tau"])
         self.bs = cfg["batch_size"]
@@ -377,6 +377,27 @@ class DetectorTrainer:
         self.history: List[Dict] = []
         self.train_seconds = 0.0
         self.step_losses: List[float] = []
+
+    # ---------------------------------------------------------------- what a subclass recipe replaces
+    def build_model(self) -> torch.nn.Module:
+        cfg = self.cfg
+        return YoloDetector(len(D.LABELS), cfg["width"], cfg["depth"], anchors=self._anchors(), input_size=cfg["input_size"])
+
+    def build_loss(self):
+        return YoloLoss(self.model, self.cfg["input_size"], self.cfg["loss"])
+
+    def describe_model(self) -> str:
+        cfg = self.cfg
+        return (f"model {cfg['name']}: width {cfg['width']}, depth {cfg['depth']}, {count_parameters(self.model)} "
+                f"parameters, input {cfg['input_size']}, anchors {self.model.config['anchors']}")
+
+    def predict(self, model: torch.nn.Module, images: torch.Tensor) -> List[torch.Tensor]:
+        """Per image [n, 6] (x1, y1, x2, y2, score, class) in input pixels, for evaluation."""
+        e = self.cfg["eval"]
+        return postprocess(model(images), e["conf_threshold"], e["iou_threshold"], e["max_det"])
+
+    def evaluate(self, model, samples, dataset) -> Dict:
+        return evaluate(model, samples, self.cfg["input_size"], self.cfg["eval"], dataset=dataset, predict=self.predict)
 
     def _anchors(self):
         a = self.cfg.get("anchors")
@@ -469,16 +490,14 @@ class DetectorTrainer:
                 self.load_checkpoint()
             else:
                 self.log(f"--resume: no checkpoint at {self.checkpoint_path()}, starting from scratch")
-        self.log(f"model {cfg['name']}: width {cfg['width']}, depth {cfg['depth']}, "
-                 f"{count_parameters(self.model)} parameters, input {cfg['input_size']}, anchors "
-                 f"{self.model.config['anchors']}")
+        self.log(self.describe_model())
         self.log(f"training on {len(self.train_ds)} images, {self.steps_per_epoch} steps of {self.bs} per epoch, "
                  f"{cfg['epochs']} epochs, threads {torch.get_num_threads()}")
         while self.epoch < cfg["epochs"]:
             rec = self.train_epoch(progress)
             if self.epoch % cfg["val_interval"] == 0 or self.epoch == cfg["epochs"]:
                 t = time.time()
-                rec["val"] = evaluate(self.ema.ema, self.val, cfg["input_size"], cfg["eval"], dataset=self.val_ds)
+                rec["val"] = self.evaluate(self.ema.ema, self.val, self.val_ds)
                 rec["val_seconds"] = round(time.time() - t, 1)
             self.history.append(rec)
             self.log(json.dumps(rec))
@@ -492,9 +511,9 @@ class DetectorTrainer:
         cfg = self.cfg
         last_val = next((h["val"] for h in reversed(self.history) if "val" in h), None)
         if last_val is None or self.history[-1].get("epoch") != self.epoch:
-            last_val = evaluate(self.ema.ema, self.val, cfg["input_size"], cfg["eval"], dataset=self.val_ds)
+            last_val = self.evaluate(self.ema.ema, self.val, self.val_ds)
         t = time.time()
-        test = evaluate(self.ema.ema, self.test, cfg["input_size"], cfg["eval"], dataset=self.test_ds)
+        test = self.evaluate(self.ema.ema, self.test, self.test_ds)
         self.log(f"validation (TXL-PBC val): {json.dumps(last_val)}")
         self.log(f"test (BCCD test, {time.time() - t:.0f} s): {json.dumps(test)}")
         metrics = {

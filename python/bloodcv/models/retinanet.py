@@ -1,6 +1,6 @@
 """The improved RetinaNet of the bone-marrow detection paper, in plain PyTorch.
 
-ResNet backbone (depth 18 or 34, no pretrained weights: nothing is downloaded) → FPN (P3..P5) → a
+ResNet backbone (depth 18 or 34, width selectable, no pretrained weights: nothing is downloaded) → FPN (P3..P5) → a
 bottom-up path-aggregation path N3..N5 where a global channel-attention block (global average pooling
 of the higher FPN level → FC → ReLU → FC → sigmoid) scales the stride-2 3×3 conv of the lower level
 before it is added, then a 3×3 conv → shared heads: class logits, box deltas, and an IoU-prediction
@@ -75,14 +75,29 @@ class PathAggregation(nn.Module):
         return n
 
 
+def resnet_backbone(depth: int = 18, width: int = 64):
+    """A ResNet of BasicBlocks (depth 18 or 34) whose first stage has `width` channels (torchvision's: 64);
+    narrower keeps a CPU-trained model small. Returns (stem + stage 1, stages 2, 3, 4, their channels)."""
+    from torchvision.models.resnet import BasicBlock, ResNet
+    blocks = {18: [2, 2, 2, 2], 34: [3, 4, 6, 3]}[depth]
+    net = ResNet(BasicBlock, blocks)
+    if width != 64:  # rebuild the stages at the new width
+        net.inplanes = width
+        net.conv1 = nn.Conv2d(3, width, 7, 2, 3, bias=False)
+        net.bn1 = nn.BatchNorm2d(width)
+        net.layer1 = net._make_layer(BasicBlock, width, blocks[0])
+        net.layer2 = net._make_layer(BasicBlock, 2 * width, blocks[1], stride=2)
+        net.layer3 = net._make_layer(BasicBlock, 4 * width, blocks[2], stride=2)
+        net.layer4 = net._make_layer(BasicBlock, 8 * width, blocks[3], stride=2)
+    stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1)
+    return stem, net.layer2, net.layer3, net.layer4, [2 * width, 4 * width, 8 * width]
+
+
 class RetinaNetPan(nn.Module):
     def __init__(self, num_classes: int, depth: int = 18, channels: int = 128, head_convs: int = 2,
-                 anchors_per_location: int = 9, pan: bool = True, iou_branch: bool = True):
+                 anchors_per_location: int = 9, pan: bool = True, iou_branch: bool = True, width: int = 64):
         super().__init__()
-        backbone = {18: torchvision.models.resnet18, 34: torchvision.models.resnet34}[depth](weights=None)
-        self.stem = nn.Sequential(backbone.conv1, backbone.bn1, backbone.relu, backbone.maxpool, backbone.layer1)
-        self.c3, self.c4, self.c5 = backbone.layer2, backbone.layer3, backbone.layer4
-        in_channels = [128, 256, 512]
+        self.stem, self.c3, self.c4, self.c5, in_channels = resnet_backbone(depth, width)
         self.lateral = nn.ModuleList(nn.Conv2d(c, channels, 1) for c in in_channels)
         self.smooth = nn.ModuleList(nn.Conv2d(channels, channels, 3, padding=1) for _ in in_channels)
         self.pan = PathAggregation(channels, len(in_channels)) if pan else None
@@ -99,11 +114,14 @@ class RetinaNetPan(nn.Module):
         self.box_out = nn.Conv2d(channels, anchors_per_location * 4, 3, padding=1)
         self.iou_out = nn.Conv2d(channels, anchors_per_location, 3, padding=1)
         nn.init.constant_(self.cls_out.bias, -math.log((1 - 0.01) / 0.01))  # prior probability 0.01
+        # ImageNet statistics inside the network: it takes RGB in [0, 1], as the training data gives it
+        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
         nn.init.normal_(self.box_out.weight, std=0.01)
         nn.init.zeros_(self.box_out.bias)
 
     def features(self, x):
-        c2 = self.stem(x)
+        c2 = self.stem((x - self.mean) / self.std)
         c3 = self.c3(c2)
         c4 = self.c4(c3)
         c5 = self.c5(c4)
@@ -142,11 +160,11 @@ def decode_deltas(anchors, deltas, means=(0.0, 0.0, 0.0, 0.0), stds=(1.0, 1.0, 1
 
 
 def anchor_metadata(labels, input_size, anchors=None, iou_branch=True, score_threshold=0.05, nms_iou_threshold=0.5):
-    """bloodcv.json for an exported RetinaNetPan (ImageNet normalisation, stretch resize)."""
+    """bloodcv.json for an exported RetinaNetPan (RGB in [0, 1], letterboxed; it normalises itself)."""
     a = dict(DEFAULT_ANCHORS, **(anchors or {}))
     return {"task": "detection", "labels": list(labels), "input_size": list(input_size),
-            "input": {"color": "rgb", "scale": 1 / 255, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
-                      "resize": "letterbox", "pad_value": 114},
+            "input": {"color": "rgb", "scale": 1 / 255, "mean": [0, 0, 0], "std": [1, 1, 1], "resize": "letterbox",
+                      "pad_value": 114},
             "decoder": {"kind": "anchor", **a, "box_means": [0, 0, 0, 0], "box_stds": [1, 1, 1, 1],
                         "score_threshold": score_threshold, "nms_iou_threshold": nms_iou_threshold, "pre_nms_top_k": 1000,
                         "iou_branch": iou_branch, "iou_alpha": 0.5}}
