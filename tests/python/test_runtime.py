@@ -197,3 +197,20 @@ def test_export_checks_metadata(tmp_path):
     module, meta = load_model(path)
     assert meta["input"]["resize"] == "stretch" and meta["version"] == 1
     assert not list(tmp_path.glob("*.partial"))
+
+
+def test_cli_analyze_directory_with_a_broken_image(models, tmp_path):
+    import cv2
+    images = tmp_path / "images"
+    images.mkdir()
+    cv2.imwrite(str(images / "a.png"), smear(300, 200, red=[(10, 10, 40, 40)]))
+    (images / "b.png").write_bytes(b"\x89PNG broken")
+    out = tmp_path / "out"
+    cli = subprocess.run([str(ROOT / "build" / "bloodcv"), "analyze", str(images), "--detector", models["marker_yolo"],
+                          "--classifier", "none", "--tile", "256", "--out", str(out)], capture_output=True, text=True, timeout=120)
+    assert cli.returncode == 1
+    assert "b.png: error: cannot read image" in cli.stderr and "1 of 2 image(s) failed" in cli.stderr
+    assert "[1/2] a.png: 1 cells" in cli.stdout
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["a.coco.json", "a.csv", "a.json", "a.overlay.jpg", "coco_images.json", "coco_results.json", "summary.json"]
+    assert json.loads((out / "summary.json").read_text())["failed_images"] == 1
