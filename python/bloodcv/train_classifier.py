@@ -18,9 +18,10 @@ What the recipe does, in order:
    (the stained region nearest the centre, `estimate_cell_box`) and trains on crops framed the way the
    runtime frames them. The estimate agrees with the hand-drawn white-cell boxes of the PBC images in
    TXL-PBC (median IoU about 0.9); the crop-size jitter covers the rest.
-3. Cache: each image is decoded once, the square region around its box (box side · (1 + 2 · cache_context))
-   resized to cache_size², and all of them kept as one uint8 tensor (runs/cache/, rebuilt when the files or
-   the settings change).
+3. Cache: each image is decoded once and kept at its own resolution in one uint8 tensor (runs/cache/,
+   rebuilt when the files or the settings change), so that every training input is one bilinear
+   resampling of the original pixels, as the runtime's crop-and-stretch is (a smoother, twice-resampled
+   cache cost the first model 1.5 points of accuracy on the runtime's sharper inputs).
 4. Training: augmentation on whole batches (one affine resampling for crop padding, aspect, shift, 90°
    rotations, flips and a small rotation; brightness, contrast, saturation and hue jitter; Gaussian blur;
    Gaussian noise), cross-entropy with label smoothing, AdamW, linear warm-up then cosine decay per step.
@@ -71,8 +72,6 @@ DEFAULTS = {
     "input": {"color": "rgb", "scale": 1 / 255, "mean": [0.77, 0.63, 0.68], "std": [0.2, 0.2, 0.2],
               "resize": "stretch", "pad_value": 114},
     "crop_padding": 0.2,
-    "cache_size": 160,
-    "cache_context": 0.6,
     "cache_dir": "runs/cache",
     "box": {"dark": 0.85, "purple": 25.0, "close": 15, "fallback_side": 0.36},
     "model": {"name": "resnet_ibn"},
@@ -246,55 +245,33 @@ def runtime_input(bgr_crop: np.ndarray, size: int, inp: dict) -> torch.Tensor:
     return (t * inp["scale"] - mean) / std
 
 
-def _cache_patch(bgr: np.ndarray, box: np.ndarray, size: int, context: float, pad_value: float):
-    """The square region around the box (side max(box w, h) · (1 + 2·context)) at size², RGB, and the box
-    half-sizes in that patch's [-1, 1] coordinates (centre 0)."""
-    import cv2
-    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
-    bw, bh = box[2] - box[0], box[3] - box[1]
-    side = max(bw, bh) * (1 + 2 * context)
-    # Float source rectangle → output pixels, with a constant border: one affine warp.
-    scale = size / side
-    m = np.array([[scale, 0, size / 2 - cx * scale], [0, scale, size / 2 - cy * scale]], np.float64)
-    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-    if scale < 1:  # INTER_AREA is not available in warpAffine: shrink first, then warp.
-        small = cv2.resize(bgr, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
-        sx, sy = small.shape[1] / bgr.shape[1], small.shape[0] / bgr.shape[0]
-        m = np.array([[scale / sx, 0, size / 2 - cx * scale], [0, scale / sy, size / 2 - cy * scale]], np.float64)
-        bgr, interp = small, cv2.INTER_LINEAR
-    patch = cv2.warpAffine(bgr, m, (size, size), flags=interp, borderMode=cv2.BORDER_CONSTANT,
-                           borderValue=(pad_value,) * 3)
-    return patch[:, :, ::-1].copy(), np.array([bw / side, bh / side], np.float32)
-
-
 def build_cache(root, files: list[str], cfg: dict, cache_dir=None, progress: bool = True) -> dict:
-    """{"images": uint8 [N, 3, S, S] RGB, "half": float [N, 2] box half-sizes in patch coordinates,
-    "boxes": float [N, 4] boxes in image pixels, "found": bool [N]} for files (relative to root), cached on
-    disk under cache_dir keyed by the files, their sizes and the settings."""
+    """{"images": uint8 [N, 3, H, W] RGB (each image at the top left of an H×W canvas of the largest size,
+    the rest pad_value), "boxes": float [N, 4] estimated cell boxes in pixels, "found": bool [N],
+    "files"}, cached on disk under cache_dir keyed by the files, their sizes and the settings."""
     import cv2
     root = Path(root)
-    key_src = json.dumps([str(root.resolve()), files, [os.path.getsize(root / f) for f in files], cfg["cache_size"],
-                          cfg["cache_context"], cfg["box"], cfg["input"]["pad_value"], 2])
+    key_src = json.dumps([str(root.resolve()), files, [os.path.getsize(root / f) for f in files], cfg["box"],
+                          cfg["input"]["pad_value"], 3])
     key = hashlib.sha1(key_src.encode()).hexdigest()[:16]
-    path = Path(cache_dir) / f"cells_{cfg['cache_size']}_{key}.pt" if cache_dir else None
+    path = Path(cache_dir) / f"cells_native_{key}.pt" if cache_dir else None
     if path is not None and path.exists():
         return torch.load(path)
-    size = cfg["cache_size"]
-    images = torch.empty(len(files), 3, size, size, dtype=torch.uint8)
-    half = torch.empty(len(files), 2)
-    boxes = torch.empty(len(files), 4)
-    found = torch.empty(len(files), dtype=torch.bool)
+    decoded, boxes, found = [], torch.empty(len(files), 4), torch.empty(len(files), dtype=torch.bool)
     for i, f in enumerate(_progress(files, "cache", progress)):
         bgr = cv2.imread(str(root / f), cv2.IMREAD_COLOR)
         if bgr is None:
             raise IOError(f"cannot read {root / f}")
         box, ok = estimate_cell_box(bgr, **cfg["box"])
-        patch, hs = _cache_patch(bgr, box, size, cfg["cache_context"], cfg["input"]["pad_value"])
-        images[i] = torch.from_numpy(patch).permute(2, 0, 1)
-        half[i] = torch.from_numpy(hs)
-        boxes[i] = torch.from_numpy(box)
-        found[i] = ok
-    cache = {"images": images, "half": half, "boxes": boxes, "found": found, "files": list(files)}
+        boxes[i], found[i] = torch.from_numpy(box), ok
+        decoded.append(bgr)
+    h = max(b.shape[0] for b in decoded)
+    w = max(b.shape[1] for b in decoded)
+    images = torch.full((len(files), 3, h, w), int(round(cfg["input"]["pad_value"])), dtype=torch.uint8)
+    for i in range(len(decoded)):
+        bgr, decoded[i] = decoded[i], None
+        images[i, :, :bgr.shape[0], :bgr.shape[1]] = torch.from_numpy(np.ascontiguousarray(bgr[:, :, ::-1])).permute(2, 0, 1)
+    cache = {"images": images, "boxes": boxes, "found": found, "files": list(files)}
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".partial")
@@ -303,25 +280,36 @@ def build_cache(root, files: list[str], cfg: dict, cache_dir=None, progress: boo
     return cache
 
 
+def normalised_boxes(boxes: torch.Tensor, width: int, height: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(centres, half-sizes) [N, 2] of pixel boxes in grid_sample's [-1, 1] coordinates of a width×height
+    image (align_corners=False: -1 and 1 are the outer edges of the border pixels)."""
+    size = torch.tensor([width, height], dtype=torch.float32)
+    centre = (boxes[:, :2] + boxes[:, 2:]) / size - 1
+    half = (boxes[:, 2:] - boxes[:, :2]) / size
+    return centre, half
+
+
 # --- batches and augmentation ---------------------------------------------------------------------------
 def _uniform(g, n, lo, hi):
     return lo + (hi - lo) * torch.rand(n, generator=g)
 
 
-def make_batch(images: torch.Tensor, half: torch.Tensor, cfg: dict, g: torch.Generator | None = None,
-               augment: bool = False) -> torch.Tensor:
-    """Normalised float [B, 3, s, s] model inputs from cached uint8 patches: the box plus padding per side
-    (crop_padding without augmentation, a random one with), stretched to s² by bilinear resampling."""
+def make_batch(images: torch.Tensor, centre: torch.Tensor, half: torch.Tensor, cfg: dict,
+               g: torch.Generator | None = None, augment: bool = False) -> torch.Tensor:
+    """Normalised float [B, 3, s, s] model inputs from uint8 images [B, 3, H, W]: the box (centre and
+    half-size in [-1, 1] image coordinates, normalised_boxes) plus padding per side (crop_padding without
+    augmentation, a random one with), stretched to s² by one bilinear resampling, as the runtime's
+    crop-and-resize (outside the image: pad_value)."""
     n = images.shape[0]
     s = cfg["input_size"]
     a = cfg["augment"]
-    x = images.float()
+    x = images.float().sub_(float(cfg["input"]["pad_value"]))  # sampled with zero padding: pad_value outside
     hw, hh = half[:, 0], half[:, 1]
     if augment:
         pad = _uniform(g, n, *a["padding"])
         sx = hw * (1 + 2 * pad) * _uniform(g, n, 1 - a["aspect"], 1 + a["aspect"])
         sy = hh * (1 + 2 * pad) * _uniform(g, n, 1 - a["aspect"], 1 + a["aspect"])
-        side = torch.maximum(hw, hh)
+        side = torch.maximum(hw, hh)  # shift in units of the box's longer side
         tx = _uniform(g, n, -a["shift"], a["shift"]) * 2 * side
         ty = _uniform(g, n, -a["shift"], a["shift"]) * 2 * side
         ang = _uniform(g, n, -a["rotate_deg"], a["rotate_deg"]) * math.pi / 180
@@ -335,11 +323,11 @@ def make_batch(images: torch.Tensor, half: torch.Tensor, cfg: dict, g: torch.Gen
         flip = torch.ones(n)
     # input = diag(sx, sy) · R(ang) · diag(flip, 1) · output + t: an axis-aligned crop whose content turns.
     cos, sin = torch.cos(ang), torch.sin(ang)
-    theta = torch.stack([torch.stack([sx * cos * flip, -sx * sin, tx], 1),
-                         torch.stack([sy * sin * flip, sy * cos, ty], 1)], 1)
+    theta = torch.stack([torch.stack([sx * cos * flip, -sx * sin, centre[:, 0] + tx], 1),
+                         torch.stack([sy * sin * flip, sy * cos, centre[:, 1] + ty], 1)], 1)
     grid = F.affine_grid(theta, [n, 3, s, s], align_corners=False)
     pad_value = float(cfg["input"]["pad_value"])
-    x = F.grid_sample(x - pad_value, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + pad_value
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + pad_value
     x = x / 255.0
     if augment:
         x = _color_jitter(x, a, g)
@@ -464,10 +452,11 @@ def save_checkpoint(path, **state):
 
 
 @torch.no_grad()
-def predict(model, images, half, cfg, batch_size=256) -> torch.Tensor:
-    """Logits of the cached patches framed as the runtime frames them (no augmentation)."""
+def predict(model, images, centre, half, cfg, batch_size=64) -> torch.Tensor:
+    """Logits of the cached images framed as the runtime frames them (no augmentation)."""
     model.eval()
-    out = [model(make_batch(images[i:i + batch_size], half[i:i + batch_size], cfg)) for i in range(0, len(images), batch_size)]
+    out = [model(make_batch(images[i:i + batch_size], centre[i:i + batch_size], half[i:i + batch_size], cfg))
+           for i in range(0, len(images), batch_size)]
     return torch.cat(out) if out else torch.empty(0, 0)
 
 
@@ -490,7 +479,7 @@ def classification_metrics(pred, target, labels) -> dict:
 
 def train(cfg: dict, out_dir, data: dict, resume: bool = False, max_epochs: int | None = None,
           max_steps_per_epoch: int | None = None, progress: bool = True, log=print) -> dict:
-    """Trains on data = {"images", "half", "labels" (long), "train", "val" (index lists)}; writes
+    """Trains on data = {"images", "centre", "half", "labels" (long), "train", "val" (index lists)}; writes
     out_dir/last.pt after every epoch and returns {"model", "history", "epoch"}. With resume, continues
     from out_dir/last.pt. max_epochs stops early (the schedule still spans cfg["epochs"])."""
     out_dir = Path(out_dir)
@@ -532,7 +521,7 @@ def train(cfg: dict, out_dir, data: dict, resume: bool = False, max_epochs: int 
         bar = _progress(range(steps), f"epoch {epoch + 1}/{cfg['epochs']}", progress, total=steps)
         for step in bar:
             idx = order[step * bs:(step + 1) * bs]
-            x = make_batch(data["images"][idx], data["half"][idx], cfg, g, augment=True)
+            x = make_batch(data["images"][idx], data["centre"][idx], data["half"][idx], cfg, g, augment=True)
             y = labels_t[idx]
             logits = model(x)
             loss = F.cross_entropy(logits, y, weight=weights, label_smoothing=cfg["label_smoothing"])
@@ -549,7 +538,7 @@ def train(cfg: dict, out_dir, data: dict, resume: bool = False, max_epochs: int 
                   "step_losses": losses, "lr": sched.get_last_lr()[0]}
         if data.get("val"):
             vi = torch.tensor(data["val"], dtype=torch.long)
-            logits = predict(model, data["images"][vi], data["half"][vi], cfg)
+            logits = predict(model, data["images"][vi], data["centre"][vi], data["half"][vi], cfg)
             record["val_loss"] = F.cross_entropy(logits, labels_t[vi]).item()
             record["val_acc"] = (logits.argmax(1) == labels_t[vi]).float().mean().item()
         elapsed += time.time() - t0
@@ -644,10 +633,11 @@ def run(args) -> int:
     files = [s[0] for s in samples]
     cache = build_cache(root, files, cfg, cfg["cache_dir"], progress=not args.quiet)
     found = cache["found"]
-    log(f"cache ready ({time.time() - t0:.0f} s): {cache['images'].shape[0]} patches of {cfg['cache_size']}², "
+    log(f"cache ready ({time.time() - t0:.0f} s): {tuple(cache['images'].shape)} uint8, "
         f"cell box found in {int(found.sum())}/{len(found)} (the rest: centred fallback box)")
     targets = torch.tensor([s[1] for s in samples], dtype=torch.long)
-    data = {"images": cache["images"], "half": cache["half"], "labels": targets,
+    centre, half = normalised_boxes(cache["boxes"], cache["images"].shape[3], cache["images"].shape[2])
+    data = {"images": cache["images"], "centre": centre, "half": half, "labels": targets,
             "train": split["train"], "val": split.get("val", [])}
 
     if args.export_only:
@@ -684,7 +674,7 @@ def run(args) -> int:
             m = evaluate_runtime_path(model, root, test_files, test_boxes, targets[test_idx], labels, cfg, padding=p,
                                       progress=False)
             metrics["test_crop_padding_sweep"][str(p)] = {"accuracy": m["accuracy"], "balanced_accuracy": m["balanced_accuracy"]}
-        cached = predict(model, cache["images"][test_idx], cache["half"][test_idx], cfg).argmax(1)
+        cached = predict(model, cache["images"][test_idx], centre[test_idx], half[test_idx], cfg).argmax(1)
         metrics["test_cached_path_accuracy"] = (cached == targets[test_idx]).float().mean().item()
         log(f"test ({time.time() - t1:.0f} s): accuracy {test['accuracy']:.4f}, balanced {test['balanced_accuracy']:.4f}; "
             + ", ".join(f"{k} {v:.3f}" for k, v in test["recall"].items()))

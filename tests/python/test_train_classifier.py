@@ -93,7 +93,7 @@ def test_loss_decreases_on_a_tiny_batch(spec):
 
 
 def tiny_cfg(**over):
-    cfg = tc.load_config(None, {"classes": ["a", "b", "c"], "input_size": 32, "cache_size": 48, "batch_size": 8,
+    cfg = tc.load_config(None, {"classes": ["a", "b", "c"], "input_size": 32, "batch_size": 8,
                                 "epochs": 2, "seed": 3,
                                 "model": {"name": "resnet_ibn", "widths": [8, 16], "depths": [1, 1], "stem_width": 8},
                                 **over})
@@ -107,22 +107,22 @@ def tiny_data(n=24, size=48):
     images = (torch.rand(n, 3, size, size, generator=g) * 60).to(torch.uint8) + 100
     for k in range(3):  # a learnable colour per class
         images[labels == k, k] += 80
-    half = torch.full((n, 2), 0.3)
-    return {"images": images, "half": half, "labels": labels, "train": list(range(16)), "val": list(range(16, 24))}
+    centre, half = torch.zeros(n, 2), torch.full((n, 2), 0.3)
+    return {"images": images, "centre": centre, "half": half, "labels": labels, "train": list(range(16)), "val": list(range(16, 24))}
 
 
 def test_augmented_batches_are_seeded_and_normalised():
     cfg = tiny_cfg()
     d = tiny_data()
-    a = tc.make_batch(d["images"][:8], d["half"][:8], cfg, torch.Generator().manual_seed(5), augment=True)
-    b = tc.make_batch(d["images"][:8], d["half"][:8], cfg, torch.Generator().manual_seed(5), augment=True)
-    c = tc.make_batch(d["images"][:8], d["half"][:8], cfg, torch.Generator().manual_seed(6), augment=True)
-    plain = tc.make_batch(d["images"][:8], d["half"][:8], cfg)
+    a = tc.make_batch(d["images"][:8], d["centre"][:8], d["half"][:8], cfg, torch.Generator().manual_seed(5), augment=True)
+    b = tc.make_batch(d["images"][:8], d["centre"][:8], d["half"][:8], cfg, torch.Generator().manual_seed(5), augment=True)
+    c = tc.make_batch(d["images"][:8], d["centre"][:8], d["half"][:8], cfg, torch.Generator().manual_seed(6), augment=True)
+    plain = tc.make_batch(d["images"][:8], d["centre"][:8], d["half"][:8], cfg)
     assert a.shape == (8, 3, 32, 32) and torch.isfinite(a).all()
     assert torch.equal(a, b) and not torch.equal(a, c) and not torch.equal(a, plain)
     # Without augmentation a flat patch stays flat: value v → (v/255 − mean) / std.
     flat = torch.full((1, 3, 48, 48), 200, dtype=torch.uint8)
-    out = tc.make_batch(flat, torch.tensor([[0.3, 0.3]]), cfg)
+    out = tc.make_batch(flat, torch.zeros(1, 2), torch.tensor([[0.3, 0.3]]), cfg)
     expected = (200 / 255 - torch.tensor(cfg["input"]["mean"])) / torch.tensor(cfg["input"]["std"])
     torch.testing.assert_close(out[0, :, 16, 16], expected, atol=1e-4, rtol=0)
 
@@ -168,7 +168,7 @@ def test_end_to_end_run_exports_a_loadable_model(tmp_path):
             cv2.circle(img, (36 + int(rng.integers(-3, 4)), 36), r, colour, -1)
             cv2.imwrite(str(tmp_path / "data" / folder / f"{i}.png"), img)
     cfg = {"name": "tiny", "classes": list(colours), "data_root": str(tmp_path / "data"), "input_size": 32,
-           "cache_size": 48, "cache_dir": str(tmp_path / "cache"), "batch_size": 8, "epochs": 1,
+           "cache_dir": str(tmp_path / "cache"), "batch_size": 8, "epochs": 1,
            "model": {"name": "small_cnn", "channels": [8, 8, 8], "hidden": 16}, "crop_padding": 0.15,
            "split": {"train": 0.6, "val": 0.2, "test": 0.2}}
     (tmp_path / "cfg.json").write_text(json.dumps(cfg))
@@ -191,3 +191,19 @@ def test_end_to_end_run_exports_a_loadable_model(tmp_path):
     module2, _ = load_model(model_path)
     x = torch.randn(3, 3, 32, 32)
     torch.testing.assert_close(module2(x), module(x))
+
+
+@pytest.mark.parametrize("box", [[20, 30, 70, 60], [-10, 40, 40, 90]])  # inside; across the left edge
+def test_training_inputs_match_the_runtime_crop(box):
+    """make_batch without augmentation samples the pixels the C++ runtime's crop-and-stretch samples."""
+    cfg = tiny_cfg(crop_padding=0.2)
+    rng = np.random.default_rng(0)
+    bgr = cv2.GaussianBlur(rng.integers(0, 256, (100, 120, 3), dtype=np.uint8), (0, 0), 2.0)
+    expected = tc.runtime_input(tc.crop_like_runtime(bgr, box, 0.2, 114), 32, cfg["input"])
+    images = torch.from_numpy(np.ascontiguousarray(bgr[:, :, ::-1])).permute(2, 0, 1)[None]
+    centre, half = tc.normalised_boxes(torch.tensor([box], dtype=torch.float32), 120, 100)
+    got = tc.make_batch(images, centre, half, cfg)[0]
+    tol = 1.5 / 255 / cfg["input"]["std"][0]  # OpenCV's fixed-point 8-bit resize rounds
+    assert (got - expected).abs().max() < tol
+    shifted = tc.make_batch(images, centre + 0.05, half, cfg)[0]
+    assert (shifted - expected).abs().max() > 10 * tol  # the comparison can tell a misplaced crop
