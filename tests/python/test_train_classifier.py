@@ -1,0 +1,209 @@
+"""The classifier training recipe: split, IBN, learning, resume, export (all on tiny synthetic data)."""
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+cv2 = pytest.importorskip("cv2")
+
+from bloodcv.export import load_model  # noqa: E402
+from bloodcv.models import IBN, BasicBlockIBN, ResNetIBN, SmallCNN, build_classifier  # noqa: E402
+from bloodcv import train_classifier as tc  # noqa: E402
+
+FRACTIONS = {"train": 0.7, "val": 0.15, "test": 0.15}
+
+
+def fake_samples(sizes):
+    return [(f"{folder}/{i:04d}.jpg", k, folder) for k, (folder, n) in enumerate(sizes.items()) for i in range(n)]
+
+
+def test_split_is_stratified_deterministic_and_disjoint():
+    sizes = {"a": 100, "b": 37, "c": 20, "d": 600}
+    samples = fake_samples(sizes)
+    split = tc.stratified_split(samples, FRACTIONS, seed=7)
+    all_idx = [i for idx in split.values() for i in idx]
+    assert sorted(all_idx) == list(range(len(samples)))  # covers everything exactly once: disjoint
+    for name, idx in split.items():
+        per_folder = Counter(samples[i][2] for i in idx)
+        for folder, n in sizes.items():
+            assert abs(per_folder[folder] - n * FRACTIONS[name]) < 1.0, (name, folder, per_folder[folder])
+    assert Counter(samples[i][2] for i in split["test"])["d"] == 90
+    assert tc.stratified_split(samples, FRACTIONS, seed=7) == split  # deterministic
+    other = tc.stratified_split(samples, FRACTIONS, seed=8)
+    assert other["test"] != split["test"]  # the seed matters
+    # A folder's split does not depend on the other folders in the config (binary ⊂ 8-class test sets).
+    only_b = fake_samples({"b": 37})
+    split_b = tc.stratified_split(only_b, FRACTIONS, seed=7)
+    names_b = {only_b[i][0] for i in split_b["test"]}
+    assert names_b == {samples[i][0] for i in split["test"] if samples[i][2] == "b"}
+
+
+def test_split_of_real_folders(tmp_path):
+    for folder, n in {"x": 10, "y": 7}.items():
+        (tmp_path / folder).mkdir()
+        for i in range(n):
+            (tmp_path / folder / f"{i}.jpg").write_bytes(b"")
+        (tmp_path / folder / "notes.txt").write_text("not an image")
+    samples = tc.list_samples(tmp_path, {"x": 0, "y": 1})
+    assert len(samples) == 17 and samples[0] == ("x/0.jpg", 0, "x")
+    split = tc.stratified_split(samples, FRACTIONS, seed=0)
+    assert [len(split[k]) for k in FRACTIONS] == [7 + 5, 2 + 1, 1 + 1]
+    labels, folders = tc.label_groups({"classes": {"mono": ["x"], "poly": ["y", "z"]}})
+    assert labels == ["mono", "poly"] and folders == {"x": 0, "y": 1, "z": 1}
+
+
+def test_ibn_instance_norms_half_the_channels():
+    torch.manual_seed(0)
+    ibn = IBN(8).eval()  # eval: the BN half uses its running stats (mean 0, var 1): identity
+    x = torch.randn(4, 8, 6, 6) * (1 + torch.rand(4, 8, 1, 1) * 5) + torch.randn(4, 8, 1, 1) * 3
+    y = ibn(x)
+    assert ibn.half == 4
+    inst = y[:, :4]
+    torch.testing.assert_close(inst.mean((2, 3)), torch.zeros(4, 4), atol=1e-5, rtol=0)
+    torch.testing.assert_close(inst.var((2, 3), unbiased=False), torch.ones(4, 4), atol=1e-3, rtol=0)
+    torch.testing.assert_close(inst, torch.nn.functional.instance_norm(x[:, :4]), atol=1e-5, rtol=0)
+    torch.testing.assert_close(y[:, 4:], x[:, 4:] / (1 + 1e-5) ** 0.5, atol=1e-5, rtol=1e-5)  # untouched by IN
+    # IBN-a sits in the first norm of the blocks of the low stages only.
+    net = ResNetIBN(3, widths=(8, 16, 16), depths=(1, 2, 1), stem_width=8, ibn_stages=2)
+    blocks = [m for m in net.modules() if isinstance(m, BasicBlockIBN)]
+    assert [isinstance(b.bn1, IBN) for b in blocks] == [True, True, True, False]
+    assert all(isinstance(b.bn2, torch.nn.BatchNorm2d) for b in blocks)
+
+
+@pytest.mark.parametrize("spec", [{"name": "small_cnn", "channels": [8, 16, 16], "hidden": 32, "dropout": 0.0},
+                                  {"name": "resnet_ibn", "widths": [8, 16], "depths": [1, 1], "stem_width": 8,
+                                   "dropout": 0.0}])
+def test_loss_decreases_on_a_tiny_batch(spec):
+    torch.manual_seed(0)
+    model = build_classifier(spec, 3, 32)
+    x = torch.randn(12, 3, 32, 32)
+    y = torch.arange(12) % 3
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(30):
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0], losses
+    assert model.eval()(x).shape == (12, 3)
+
+
+def tiny_cfg(**over):
+    cfg = tc.load_config(None, {"classes": ["a", "b", "c"], "input_size": 32, "batch_size": 8,
+                                "epochs": 2, "seed": 3,
+                                "model": {"name": "resnet_ibn", "widths": [8, 16], "depths": [1, 1], "stem_width": 8},
+                                **over})
+    cfg["num_classes"] = 3
+    return cfg
+
+
+def tiny_data(n=24, size=48):
+    g = torch.Generator().manual_seed(1)
+    labels = torch.arange(n) % 3
+    images = (torch.rand(n, 3, size, size, generator=g) * 60).to(torch.uint8) + 100
+    for k in range(3):  # a learnable colour per class
+        images[labels == k, k] += 80
+    centre, half = torch.zeros(n, 2), torch.full((n, 2), 0.3)
+    return {"images": images, "centre": centre, "half": half, "labels": labels, "train": list(range(16)), "val": list(range(16, 24))}
+
+
+def test_augmented_batches_are_seeded_and_normalised():
+    cfg = tiny_cfg()
+    d = tiny_data()
+    a = tc.make_batch(d["images"][:8], d["centre"][:8], d["half"][:8], cfg, torch.Generator().manual_seed(5), augment=True)
+    b = tc.make_batch(d["images"][:8], d["centre"][:8], d["half"][:8], cfg, torch.Generator().manual_seed(5), augment=True)
+    c = tc.make_batch(d["images"][:8], d["centre"][:8], d["half"][:8], cfg, torch.Generator().manual_seed(6), augment=True)
+    plain = tc.make_batch(d["images"][:8], d["centre"][:8], d["half"][:8], cfg)
+    assert a.shape == (8, 3, 32, 32) and torch.isfinite(a).all()
+    assert torch.equal(a, b) and not torch.equal(a, c) and not torch.equal(a, plain)
+    # Without augmentation a flat patch stays flat: value v → (v/255 − mean) / std.
+    flat = torch.full((1, 3, 48, 48), 200, dtype=torch.uint8)
+    out = tc.make_batch(flat, torch.zeros(1, 2), torch.tensor([[0.3, 0.3]]), cfg)
+    expected = (200 / 255 - torch.tensor(cfg["input"]["mean"])) / torch.tensor(cfg["input"]["std"])
+    torch.testing.assert_close(out[0, :, 16, 16], expected, atol=1e-4, rtol=0)
+
+
+def test_resume_reproduces_the_next_steps(tmp_path):
+    cfg, data = tiny_cfg(), tiny_data()
+    quiet = dict(progress=False, log=lambda *_: None)
+    full = tc.train(cfg, tmp_path / "full", data, **quiet)
+    tc.train(cfg, tmp_path / "cut", data, max_epochs=1, **quiet)  # "dies" after epoch 1
+    ck = torch.load(tmp_path / "cut" / "last.pt")
+    assert ck["epoch"] == 0 and {"model", "optimizer", "scheduler", "rng"} <= set(ck)
+    resumed = tc.train(cfg, tmp_path / "cut", data, resume=True, **quiet)
+    a, b = full["history"][1]["step_losses"], resumed["history"][1]["step_losses"]
+    assert len(a) == 2 and a == b, (a, b)
+    assert full["history"][0]["step_losses"] == resumed["history"][0]["step_losses"]
+    for k, v in full["model"].state_dict().items():
+        assert torch.equal(v, resumed["model"].state_dict()[k]), k
+
+
+def test_cell_box_and_runtime_crop():
+    img = np.full((120, 120, 3), (200, 215, 235), np.uint8)  # pale background (BGR)
+    cv2.circle(img, (64, 58), 18, (150, 60, 110), -1)  # purple "nucleus"
+    box, found = tc.estimate_cell_box(img)
+    assert found
+    np.testing.assert_allclose(box, [46, 40, 83, 77], atol=2)
+    crop = tc.crop_like_runtime(img, [-10, -10, 10, 10], 0.5, pad_value=114)
+    assert crop.shape == (40, 40, 3) and (crop[:5, :5] == 114).all() and (crop[-5:, -5:] == img[:5, :5]).all()
+    blank = np.full((100, 100, 3), 220, np.uint8)
+    box, found = tc.estimate_cell_box(blank, fallback_side=0.4)
+    assert not found and np.allclose(box, [30, 30, 70, 70])
+
+
+def test_end_to_end_run_exports_a_loadable_model(tmp_path):
+    """The whole command on a tiny dataset: split.csv, metrics.json and a bloodcv model file."""
+    from bloodcv import train as dispatcher
+    rng = np.random.default_rng(0)
+    colours = {"basophil": (140, 40, 90), "neutrophil": (170, 90, 160), "platelet": (120, 60, 100)}
+    for k, (folder, colour) in enumerate(colours.items()):
+        (tmp_path / "data" / folder).mkdir(parents=True)
+        for i in range(10):
+            img = np.full((72, 72, 3), (200, 215, 235), np.uint8)
+            r = 10 + 4 * k
+            cv2.circle(img, (36 + int(rng.integers(-3, 4)), 36), r, colour, -1)
+            cv2.imwrite(str(tmp_path / "data" / folder / f"{i}.png"), img)
+    cfg = {"name": "tiny", "classes": list(colours), "data_root": str(tmp_path / "data"), "input_size": 32,
+           "cache_dir": str(tmp_path / "cache"), "batch_size": 8, "epochs": 1,
+           "model": {"name": "small_cnn", "channels": [8, 8, 8], "hidden": 16}, "crop_padding": 0.15,
+           "split": {"train": 0.6, "val": 0.2, "test": 0.2}}
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    out, model_path = tmp_path / "run", tmp_path / "m.pt"
+    args = ["classifier", "--config", str(tmp_path / "cfg.json"), "--out", str(out), "--export-path", str(model_path),
+            "--quiet"]
+    assert dispatcher.main(args) == 0
+    module, meta = load_model(model_path)
+    assert meta["task"] == "classification" and meta["labels"] == list(colours)
+    assert meta["input_size"] == [32, 32] and meta["input"]["resize"] == "stretch" and meta["crop_padding"] == 0.15
+    assert "Acevedo" in meta["training"]["data"]["citation"] and meta["training"]["split"]["counts"]["test"] == 6
+    assert module(torch.zeros(2, 3, 32, 32)).shape == (2, 3)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["test"]["n"] == 6 and len(metrics["test"]["confusion_matrix"]["matrix"]) == 3
+    rows = (out / "split.csv").read_text().splitlines()
+    assert rows[0] == "split,label,file" and len(rows) == 31
+    # --export-only reloads last.pt and writes the same model again.
+    model_path.unlink()
+    assert dispatcher.main(args + ["--export-only"]) == 0
+    module2, _ = load_model(model_path)
+    x = torch.randn(3, 3, 32, 32)
+    torch.testing.assert_close(module2(x), module(x))
+
+
+@pytest.mark.parametrize("box", [[20, 30, 70, 60], [-10, 40, 40, 90]])  # inside; across the left edge
+def test_training_inputs_match_the_runtime_crop(box):
+    """make_batch without augmentation samples the pixels the C++ runtime's crop-and-stretch samples."""
+    cfg = tiny_cfg(crop_padding=0.2)
+    rng = np.random.default_rng(0)
+    bgr = cv2.GaussianBlur(rng.integers(0, 256, (100, 120, 3), dtype=np.uint8), (0, 0), 2.0)
+    expected = tc.runtime_input(tc.crop_like_runtime(bgr, box, 0.2, 114), 32, cfg["input"])
+    images = torch.from_numpy(np.ascontiguousarray(bgr[:, :, ::-1])).permute(2, 0, 1)[None]
+    centre, half = tc.normalised_boxes(torch.tensor([box], dtype=torch.float32), 120, 100)
+    got = tc.make_batch(images, centre, half, cfg)[0]
+    tol = 1.5 / 255 / cfg["input"]["std"][0]  # OpenCV's fixed-point 8-bit resize rounds
+    assert (got - expected).abs().max() < tol
+    shifted = tc.make_batch(images, centre + 0.05, half, cfg)[0]
+    assert (shifted - expected).abs().max() > 10 * tol  # the comparison can tell a misplaced crop
