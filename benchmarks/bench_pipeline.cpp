@@ -45,7 +45,7 @@ int main(int argc, char** argv) {
   options.runtime.batch_size = batch;
   auto model = std::make_shared<TorchScriptDetector>(detector, options);
   GridTilerOptions tiling;
-  tiling.tile_size = tile.width > 0 ? tile : model->input_size();
+  tiling.tile_size = tile.width > 0 ? tile : model->tile_size();
   tiling.overlap_ratio = overlap;
   std::shared_ptr<const Suppressor> merger;
   if (merge == "nms") merger = std::make_shared<HardNms>();

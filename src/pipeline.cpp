@@ -152,7 +152,7 @@ Pipeline make_pipeline(const PipelineConfig& config) {
     classifier = std::make_shared<const TorchScriptClassifier>(*config.classifier, classifier_options);
   }
   GridTilerOptions tiling;
-  tiling.tile_size = config.tile.value_or(detector->input_size());
+  tiling.tile_size = config.tile.value_or(detector->tile_size());
   tiling.overlap_ratio = config.overlap;
   tiling.whole_image_pass = config.whole_image;
   PipelineOptions options;

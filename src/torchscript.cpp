@@ -253,12 +253,19 @@ std::unique_ptr<OutputDecoder> make_decoder(const LoadedModel& m, const TorchScr
 struct TorchScriptDetector::Impl {
   LoadedModel model;
   std::unique_ptr<OutputDecoder> decoder;
+  cv::Size tile_size;
 };
 
 TorchScriptDetector::TorchScriptDetector(const std::string& path, TorchScriptDetectorOptions options)
     : impl_(std::make_unique<Impl>()) {
   impl_->model = load_model(path, options.runtime, "detection");
   impl_->decoder = make_decoder(impl_->model, options);
+  impl_->tile_size = impl_->model.input.size;
+  if (impl_->model.meta.contains("tile_size")) {
+    const auto t = impl_->model.meta.at("tile_size").get<std::vector<int>>();
+    if (t.size() != 2 || t[0] <= 0 || t[1] <= 0) fail_model(path, "bloodcv.json: tile_size must be [width, height] > 0");
+    impl_->tile_size = {t[0], t[1]};
+  }
 }
 
 TorchScriptDetector::~TorchScriptDetector() = default;
@@ -267,6 +274,7 @@ TorchScriptDetector& TorchScriptDetector::operator=(TorchScriptDetector&&) noexc
 
 std::vector<std::string> TorchScriptDetector::labels() const { return impl_->model.labels; }
 cv::Size TorchScriptDetector::input_size() const { return impl_->model.input.size; }
+cv::Size TorchScriptDetector::tile_size() const { return impl_->tile_size; }
 const std::string& TorchScriptDetector::metadata_json() const { return impl_->model.metadata_json; }
 
 std::vector<std::vector<Detection>> TorchScriptDetector::detect(const std::vector<cv::Mat>& images) const {

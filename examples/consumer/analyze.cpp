@@ -14,7 +14,7 @@ int main(int argc, char** argv) {
     auto detector = std::make_shared<bloodcv::TorchScriptDetector>(argv[1]);
     auto classifier = std::make_shared<bloodcv::TorchScriptClassifier>(argv[2]);
     bloodcv::GridTilerOptions tiling;
-    tiling.tile_size = detector->input_size();
+    tiling.tile_size = detector->tile_size();
     const bloodcv::Pipeline pipeline(std::make_shared<bloodcv::GridTiler>(tiling), detector, classifier);
 
     const cv::Mat image = bloodcv::read_image(argv[3]);

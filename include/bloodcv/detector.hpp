@@ -21,8 +21,12 @@ class Detector {
   virtual std::vector<std::vector<Detection>> detect(const std::vector<cv::Mat>& images) const = 0;
   // Names of the labels that detections carry, by label index.
   virtual std::vector<std::string> labels() const = 0;
-  // The size the detector works at: tiles of this size are seen at full resolution.
+  // The size of the images the model takes.
   virtual cv::Size input_size() const = 0;
+  // The image area one input should cover, in image pixels: the scale the detector was trained at
+  // (a model trained on 640-pixel fields letterboxed to 320 wants 640-pixel tiles). The default tiler
+  // of a pipeline uses it. By default the input size: tiles seen at full resolution.
+  virtual cv::Size tile_size() const { return input_size(); }
 };
 
 // How a TorchScript model runs.
@@ -50,6 +54,7 @@ class TorchScriptDetector final : public Detector {
   std::vector<std::vector<Detection>> detect(const std::vector<cv::Mat>& images) const override;
   std::vector<std::string> labels() const override;
   cv::Size input_size() const override;
+  cv::Size tile_size() const override;       // the model file's "tile_size", else its input size
   const std::string& metadata_json() const;  // the model file's bloodcv.json
 
  private:

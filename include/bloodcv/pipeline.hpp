@@ -83,7 +83,7 @@ class Pipeline {
 struct PipelineConfig {
   std::string detector;
   std::optional<std::string> classifier;
-  std::optional<cv::Size> tile;  // unset: the detector's input size
+  std::optional<cv::Size> tile;  // unset: the detector's tile_size()
   double overlap = 0.15;
   bool whole_image = false;
   std::vector<std::string> classify_labels{"WBC"};

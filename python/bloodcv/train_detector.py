@@ -543,6 +543,7 @@ class DetectorTrainer:
         data = self.splits.get("summary", {})
         meta = {
             "task": "detection", "name": cfg["name"], "labels": list(D.LABELS), "input_size": [S, S],
+            **({"tile_size": cfg["export"]["tile_size"]} if cfg["export"].get("tile_size") else {}),
             "input": {"color": "rgb", "scale": 1 / 255, "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0],
                       "resize": "letterbox", "pad_value": D.PAD_VALUE},
             "decoder": {"kind": "yolov5", "score_threshold": cfg["export"]["score_threshold"],

@@ -152,7 +152,14 @@ void bind_runtime(py::module_& m) {
       .def("input_size", [](const Detector& self) {
         const cv::Size s = self.input_size();
         return py::make_tuple(s.width, s.height);
-      });
+      })
+      .def(
+          "tile_size",
+          [](const Detector& self) {
+            const cv::Size s = self.tile_size();
+            return py::make_tuple(s.width, s.height);
+          },
+          "The image area one input should cover (the training scale): the default tile size.");
 
   py::class_<TorchScriptDetector, Detector, std::shared_ptr<TorchScriptDetector>>(m, "TorchScriptDetector")
       .def(py::init([](const std::string& path, const std::string& device, bool half, int batch_size, std::optional<float> score_threshold,
@@ -251,7 +258,7 @@ void bind_runtime(py::module_& m) {
              if (!detector) throw py::value_error("Pipeline needs a detector, got None");
              if (!tiler) {
                GridTilerOptions o;
-               o.tile_size = detector->input_size();
+               o.tile_size = detector->tile_size();
                tiler = std::make_shared<GridTiler>(o);
              }
              PipelineOptions options;
@@ -262,7 +269,7 @@ void bind_runtime(py::module_& m) {
            py::arg("detector"), py::arg("classifier") = nullptr, py::arg("tiler") = nullptr,
            py::arg("classify_labels") = std::vector<std::string>{"WBC"}, py::arg("merger") = nullptr, py::arg("match_threshold") = 0.5,
            py::arg("metric") = "iou", py::keep_alive<1, 2>(), py::keep_alive<1, 3>(), py::keep_alive<1, 4>(), py::keep_alive<1, 6>(),
-           "Default tiler: a GridTiler of the detector's input size, 15 % overlap. Default merger: seam merging.")
+           "Default tiler: a GridTiler of the detector's tile_size(), 15 % overlap. Default merger: seam merging.")
       .def_static(
           "from_config", [](const std::string& path) { return std::make_shared<Pipeline>(make_pipeline(load_pipeline_config(path))); },
           py::arg("path"), "A pipeline of bloodcv's own components from a JSON config file (see pipeline.hpp).")

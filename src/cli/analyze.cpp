@@ -199,7 +199,7 @@ Runner add_analyze_command(CLI::App& app) {
   cmd->add_option("images", a->inputs, "Image files or directories of images")->required();
   cmd->add_option("--detector", a->detector, "Detector model file (default: models/cell_detector.pt)");
   cmd->add_option("--classifier", a->classifier, "Classifier model file, or 'none' (default: models/wbc_classifier.pt if present)");
-  cmd->add_option("--tile", a->tile, "Tile size W or WxH in pixels (default: the detector's input size)");
+  cmd->add_option("--tile", a->tile, "Tile size W or WxH in pixels (default: the detector's tile size, the scale it was trained at)");
   cmd->add_option("--overlap", a->overlap, "Overlap between tiles, a fraction of the tile size in [0, 1) (default 0.15)");
   cmd->add_flag("--whole-image", a->whole_image, "Also detect on the whole image, resized (as SAHI's standard pass)");
   cmd->add_option("--classify-labels", a->classify_labels, "Comma-separated detector labels whose cells are classified (default WBC)");

@@ -121,7 +121,7 @@ Runner add_eval_command(CLI::App& app) {
   cmd->add_option("--pred", e->pred, "Predictions: bloodcv analysis JSON file or directory, or COCO results JSON (with coco_images.json beside)");
   cmd->add_option("--detector", e->detector, "Run this detector model over --images first, instead of --pred");
   cmd->add_option("--images", e->images, "Image directory (for --detector, and for YOLO image sizes)");
-  cmd->add_option("--tile", e->tile, "Tile size W or WxH for --detector (default: its input size)");
+  cmd->add_option("--tile", e->tile, "Tile size W or WxH for --detector (default: its tile size)");
   cmd->add_option("--overlap", e->overlap, "Tile overlap for --detector (default 0.15)");
   cmd->add_option("--score-threshold", e->score_threshold, "Detector score threshold for --detector (default: the model file's)");
   cmd->add_option("--max-dets", e->max_dets, "Comma-separated COCO max detections per image")->capture_default_str();

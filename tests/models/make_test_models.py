@@ -5,6 +5,7 @@
 - marker_yolo.pt (yolov5 decoder, input 256x256, labels WBC, RBC): finds the bounding box of all pure-red
   pixels (label WBC) and of all pure-blue pixels (label RBC) in its input, objectness 1 where found.
   A square cut by a tile seam is reported as its visible part, so tiling and merging are checked exactly.
+  marker_yolo_tile512.pt: the same, saying it was trained on 512-pixel fields (tile_size).
 - fixed_anchor.pt (anchor decoder with IoU branch, input 64x64 stretch, labels a, b): constant outputs
   that decode to one known box (see FIXED_ANCHOR_* below).
 - color_classifier.pt (classification, input 32x32, labels red, green, blue): logits = 10 x mean of
@@ -95,6 +96,7 @@ def main(out_dir):
                  "decoder": {"kind": "yolov5", "score_threshold": 0.25, "nms_iou_threshold": 0.45}}
     example = torch.rand(2, 3, MARKER_SIZE, MARKER_SIZE)
     export_model(MarkerYolo(), out / "marker_yolo.pt", yolo_meta, example)
+    export_model(MarkerYolo(), out / "marker_yolo_tile512.pt", {**yolo_meta, "tile_size": [512, 512]}, example)
 
     anchor_meta = {"task": "detection", "name": "fixed-anchor", "labels": ["a", "b"],
                    "input_size": [FIXED_ANCHOR_INPUT, FIXED_ANCHOR_INPUT],

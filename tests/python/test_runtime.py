@@ -48,6 +48,18 @@ def test_torchscript_detector_finds_known_boxes(models):
     assert len(out[2]["boxes"]) == 0
 
 
+def test_tile_size_from_the_model_file_sets_the_default_tiles(models):
+    plain = bloodcv.TorchScriptDetector(models["marker_yolo"])
+    wide = bloodcv.TorchScriptDetector(models["marker_yolo_tile512"])
+    assert plain.tile_size() == plain.input_size() == (256, 256)
+    assert wide.tile_size() == (512, 512) and wide.input_size() == (256, 256)
+    image = smear(600, 400, red=[(100, 100, 60, 60)])
+    assert bloodcv.Pipeline(plain).analyze(image).tiles == 6  # 256-pixel tiles
+    r = bloodcv.Pipeline(wide).analyze(image)                 # 512-pixel tiles, each halved into the input
+    assert r.tiles == 2
+    np.testing.assert_allclose(r.arrays()["boxes"], [xyxy(100, 100, 60, 60)], atol=1.0)
+
+
 def test_anchor_model_carries_predicted_iou(models):
     (out,) = bloodcv.TorchScriptDetector(models["fixed_anchor"]).detect([np.zeros((256, 128, 3), np.uint8)])
     np.testing.assert_allclose(out["boxes"], [[64, 64, 128, 128]], rtol=1e-5)

@@ -1,0 +1,61 @@
+"""Every model in models/ loads, describes itself, has its card, and makes a known prediction on a
+bundled sample."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import bloodcv
+from bloodcv.export import load_model
+
+ROOT = Path(__file__).resolve().parents[2]
+MODELS = ROOT / "models"
+SAMPLES = ROOT / "examples" / "data"
+SHIPPED = ["cell_detector", "wbc_classifier", "bone_marrow_classifier"]
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_model_file_metadata_and_card(name):
+    path = MODELS / f"{name}.pt"
+    assert path.stat().st_size < 20 * 2 ** 20
+    _, meta = load_model(path)
+    assert meta["format"] == "bloodcv-model" and meta["task"] in ("detection", "classification")
+    assert meta["labels"] and len(meta["input_size"]) == 2
+    assert "recipe" in json.dumps(meta.get("training", {}))
+    card = (MODELS / f"{name}.md").read_text()
+    assert f"{name}.pt" in card and "python -m bloodcv.train" in card
+
+
+def sample_boxes():
+    objects = json.loads((SAMPLES / "bccd_BloodImage_00001.json").read_text())["objects"]
+    return {label: np.array([o["box"] for o in objects if o["label"] == label], np.float32) for label in ("WBC", "RBC")}
+
+
+def test_cell_detector_finds_the_sample_white_cell_and_red_cells():
+    detector = bloodcv.TorchScriptDetector(str(MODELS / "cell_detector.pt"))
+    assert detector.labels() == ["WBC", "RBC", "Platelets"]
+    result = bloodcv.Pipeline(detector).analyze(str(SAMPLES / "bccd_BloodImage_00001.jpg"))
+    cells = result.arrays()
+    truth = sample_boxes()
+    wbc = cells["boxes"][cells["labels"] == 0]
+    assert len(wbc) == 1 and bloodcv.box_iou(wbc, truth["WBC"]).max() > 0.7
+    rbc = cells["boxes"][cells["labels"] == 1]
+    matched = (bloodcv.box_iou(truth["RBC"], rbc).max(axis=1) >= 0.5).sum() if len(rbc) else 0
+    assert matched >= 0.7 * len(truth["RBC"])
+
+
+def test_wbc_classifier_types_the_sample_neutrophil():
+    classifier = bloodcv.TorchScriptClassifier(str(MODELS / "wbc_classifier.pt"))
+    image = bloodcv.read_image(str(SAMPLES / "pbc_neutrophil_BNE_131871.jpg"))
+    h, w = image.shape[:2]
+    out = classifier.classify(image, np.array([[0.2 * w, 0.2 * h, 0.8 * w, 0.8 * h]], np.float32))  # the centred cell
+    assert classifier.labels()[out["labels"][0]] == "neutrophil"
+
+
+def test_default_pair_types_the_sample_smear_white_cell():
+    pipeline = bloodcv.Pipeline(bloodcv.TorchScriptDetector(str(MODELS / "cell_detector.pt")),
+                                bloodcv.TorchScriptClassifier(str(MODELS / "wbc_classifier.pt")))
+    result = pipeline.analyze(str(SAMPLES / "bccd_BloodImage_00001.jpg"))
+    assert sum(result.type_counts.values()) == result.counts["WBC"] == 1
+    assert sum(result.differential.values()) == pytest.approx(100.0)
