@@ -64,7 +64,9 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 DEFAULTS = {
     "name": "classifier",
     "data_root": "../shared/datasets/pbc",
+    "data_name": "PBC (peripheral blood cell images, normal cells)",
     "data_citation": PBC_CITATION,
+    "data_licence": "CC BY 4.0",
     "classes": None,                      # list of folders, or {label: [folders]}
     "split": {"train": 0.70, "val": 0.15, "test": 0.15},
     "seed": 0,
@@ -685,8 +687,8 @@ def run(args) -> int:
             log(f"test at crop_padding {p}: accuracy {m['accuracy']:.4f}")
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
 
-    training = {"data": {"dataset": "PBC (peripheral blood cell images, normal cells)", "root": cfg["data_root"],
-                         "classes": cfg["classes"], "citation": cfg["data_citation"], "licence": "CC BY 4.0"},
+    training = {"data": {"dataset": cfg["data_name"], "root": cfg["data_root"],
+                         "classes": cfg["classes"], "citation": cfg["data_citation"], "licence": cfg["data_licence"]},
                 "split": {"seed": cfg["seed"], "fractions": cfg["split"],
                           "counts": {k: v["total"] for k, v in summary.items()},
                           "method": "stratified by class folder, each shuffled with numpy default_rng((seed, crc32(folder)))"},
