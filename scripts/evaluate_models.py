@@ -36,8 +36,8 @@ def evaluate_detector(detector: Path, bccd: Path, out: Path) -> dict:
            "--split", str(bccd / "ImageSets" / "Main" / "test.txt"), "--detector", str(detector),
            "--images", str(bccd / "JPEGImages"), "--max-dets", "1,10,100,300", "--out", str(work)]
     subprocess.run(cmd, check=True)
-    (out / f"{detector.stem}.eval.md").write_text(f"Command: `{' '.join(Path(c).name if '/' in c and c.endswith('bloodcv') else c for c in cmd)}`\n\n"
-                                                 + (work / "eval.md").read_text())
+    shown = " ".join(cmd).replace(str(bccd.parent.parent), "../shared/datasets").replace(str(ROOT) + "/", "")
+    (out / f"{detector.stem}.eval.md").write_text(f"Command: `{shown}`\n\n" + (work / "eval.md").read_text())
     report = json.loads((work / "eval.json").read_text())
     (out / f"{detector.stem}.eval.json").write_text(json.dumps(report, indent=1) + "\n")
     return report

@@ -32,6 +32,8 @@ JOBS=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}
 cmake -S . -B build -DPython_EXECUTABLE="$PWD/$VENV/bin/python" -DCMAKE_INSTALL_PREFIX="$PWD/build/install" >/dev/null
 cmake --build build -j "$JOBS"
 cmake --install build >/dev/null
+# Notebooks run in the env: its own "python3" kernel (found before the system's).
+[ -f "$VENV/share/jupyter/kernels/python3/kernel.json" ] || "$VENV/bin/python" -m ipykernel install --prefix "$PWD/$VENV" --name python3 >/dev/null
 # The extension is already built in build/: pip only copies it into the env.
 "$VENV/bin/python" -m pip install --quiet --no-build-isolation --no-deps --no-index . 
 echo "setup: done (C++ installed in build/install, Python package in $VENV)"
