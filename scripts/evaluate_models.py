@@ -126,7 +126,7 @@ def main() -> None:
     chain = evaluate_chain(args.detector, args.classifier, bccd, args.datasets, args.out)
     print({k: v for k, v in chain.items() if k != "types_of_detected"})
     speed = latency(args.detector, args.classifier, bccd)
-    (args.out / "latency.json").write_text(json.dumps(speed, indent=1) + "\n")
+    (ROOT / "build" / "eval" / "latency.json").write_text(json.dumps(speed, indent=1) + "\n")
     print(speed)
 
 
