@@ -9,6 +9,7 @@ PACKAGES=(
   libopencv-dev libeigen3-dev libfmt-dev nlohmann-json3-dev libcli11-dev catch2
   pybind11-dev python3-dev python3-venv python3-pip python3-setuptools python3-wheel
   python3-numpy python3-pytest python3-torch python3-torchvision
+  python3-opencv python3-tqdm  # classifier training (bloodcv.train classifier)
 )
 missing=()
 for p in "${PACKAGES[@]}"; do
