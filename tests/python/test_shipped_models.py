@@ -12,7 +12,7 @@ from bloodcv.export import load_model
 ROOT = Path(__file__).resolve().parents[2]
 MODELS = ROOT / "models"
 SAMPLES = ROOT / "examples" / "data"
-SHIPPED = ["cell_detector", "wbc_classifier", "bone_marrow_classifier"]
+SHIPPED = ["cell_detector", "wbc_classifier", "wbc_binary_classifier", "bone_marrow_classifier"]
 
 
 @pytest.mark.parametrize("name", SHIPPED)
