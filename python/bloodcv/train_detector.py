@@ -483,6 +483,17 @@ class DetectorTrainer:
                "lr": self.optimizer.param_groups[0]["lr"], "seconds": round(dt, 1)}
         return rec
 
+    def run(self, export_only: bool, resume: bool, progress: bool, export: bool = True, export_path=None) -> int:
+        """What the command line does: train (or resume) then export, or only evaluate and export the checkpoint."""
+        if export_only:
+            self.load_checkpoint()
+            self.final_metrics()
+        else:
+            self.fit(resume=resume, progress=progress, export=False)
+        if export or export_only:
+            self.export(export_path)
+        return 0
+
     def fit(self, resume: bool = False, progress: bool = True, export: bool = True):
         cfg = self.cfg
         if resume:
@@ -606,13 +617,5 @@ def run(args) -> int:
         print(json.dumps({"anchors": np.round(k, 1).reshape(3, 3, 2).tolist(), "best_possible_recall": bpr,
                           "mean_best_iou": miou}))
         return 0
-    trainer = DetectorTrainer(cfg, args.out)
-    if args.export_only:
-        trainer.load_checkpoint()
-        trainer.final_metrics()
-        trainer.export(args.export_path)
-        return 0
-    trainer.fit(resume=args.resume, progress=not args.no_progress, export=False)
-    if not args.no_export:
-        trainer.export(args.export_path)
-    return 0
+    return DetectorTrainer(cfg, args.out).run(args.export_only, args.resume, not args.no_progress, not args.no_export,
+                                              args.export_path)

@@ -159,12 +159,4 @@ def run(args) -> int:
         cfg.setdefault(key, value)
     cfg["_config_path"] = args.config
     out = args.out or f"runs/retinanet_{cfg['assigner']}" + ("" if cfg["pan"] else "_nopan") + ("" if cfg["iou_branch"] else "_noiou")
-    trainer = RetinaTrainer(cfg, out)
-    if args.export_only:
-        trainer.load_checkpoint()
-        trainer.final_metrics()
-        trainer.export(args.export_path)
-        return 0
-    trainer.fit(resume=args.resume, progress=not args.no_progress, export=False)
-    trainer.export(args.export_path)
-    return 0
+    return RetinaTrainer(cfg, out).run(args.export_only, args.resume, not args.no_progress, True, args.export_path)
