@@ -452,7 +452,7 @@ class DetectorTrainer:
             sums += items
             m = sums / (k + 1)
             bar.set_postfix(box=f"{m[0]:.4f}", obj=f"{m[1]:.4f}", cls=f"{m[2]:.4f}",
-                            lr=f"{self.optimizer.param_groups[0]['lr']:.5f}")
+                            lr=f"{self.optimizer.param_groups[0]['lr']:.5f}", refresh=False)
         bar.close()
         self.epoch += 1
         dt = time.time() - t0
