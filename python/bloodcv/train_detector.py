@@ -428,6 +428,11 @@ class DetectorTrainer:
 
     def load_checkpoint(self, path=None):
         state = torch.load(path or self.checkpoint_path(), map_location="cpu")
+        changed = sorted(k for k in set(state.get("config", {})) | set(self.cfg)
+                         if k != "base_dir" and state.get("config", {}).get(k) != self.cfg.get(k))
+        if changed:
+            self.log(f"warning: the checkpoint was trained with other settings for {changed}: resuming with the "
+                     "current config is not an exact continuation")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.ema.load_state_dict(state["ema"])
@@ -473,7 +478,7 @@ class DetectorTrainer:
             sums += items
             m = sums / (k + 1)
             bar.set_postfix(box=f"{m[0]:.4f}", obj=f"{m[1]:.4f}", cls=f"{m[2]:.4f}",
-                            lr=f"{self.optimizer.param_groups[0]['lr']:.5f}")
+                            lr=f"{self.optimizer.param_groups[0]['lr']:.5f}", refresh=False)
         bar.close()
         self.epoch += 1
         dt = time.time() - t0
