@@ -181,7 +181,7 @@ def tiling_benefit(detector: Path, mosaic_list, labels) -> list[str]:
     model = bloodcv.TorchScriptDetector(str(detector))
     tiled = bloodcv.Pipeline(model, tiler=bloodcv.GridTiler(tile_size=model.tile_size(), overlap=0.15))
     truth = bev.ground_truth(labels, {p.stem: (b, l) for p, b, l in mosaic_list})
-    rows = ["| inference on the mosaics | AP50 | AP | recall@0.5 (F1-best) | AR100 | ms per mosaic |", "|---|---:|---:|---:|---:|---:|"]
+    rows = ["| inference on the mosaics | AP50 | AP | recall@0.5 (F1-best) | AR1000 | ms per mosaic |", "|---|---:|---:|---:|---:|---:|"]
     for name in ["tiled, seam merging", "one resized pass"]:
         preds, ms = {}, []
         for path, _, _ in mosaic_list:
