@@ -61,6 +61,7 @@ DEFAULT_CONFIG = {
     "val_interval": 5,
     "eval": {"conf_threshold": 0.001, "iou_threshold": 0.6, "max_det": 300, "batch_size": 16},
     "dedup": {"thumb_threshold": 0.05, "min_inliers": 15},
+    "cache_dir": "runs/cache",    # the near-duplicate scores (minutes to compute), keyed by files and settings
     "max_train_images": None,     # smoke runs: use only the first N training images
     "max_eval_images": None,
     "max_steps_per_epoch": None,
@@ -353,7 +354,7 @@ class DetectorTrainer:
         seed_everything(cfg["seed"])
         if splits is None:
             root = resolve_path(cfg["dataset_root"], cfg)
-            splits = D.make_detection_splits(root, seed=cfg["seed"], cache_dir=self.out, log=self.log,
+            splits = D.make_detection_splits(root, seed=cfg["seed"], cache_dir=resolve_path(cfg["cache_dir"], cfg), log=self.log,
                                              **cfg["dedup"])
         self.splits = splits
         train = splits["train"][:cfg["max_train_images"]] if cfg["max_train_images"] else splits["train"]
@@ -592,7 +593,7 @@ def add_arguments(d: argparse.ArgumentParser) -> None:
     d.add_argument("--config", default="configs/detector_yolo.json",
                    help="JSON config (keys: see bloodcv.train_detector.DEFAULT_CONFIG; default: %(default)s)")
     d.add_argument("--out", default="runs/detector",
-                   help="folder for checkpoints (last.pt), train.log, metrics.json, the dedup cache "
+                   help="folder for checkpoints (last.pt), train.log, metrics.json "
                         "(default: %(default)s)")
     d.add_argument("--resume", action="store_true", help="continue from OUT/last.pt (same config)")
     d.add_argument("--export-only", action="store_true",
@@ -615,7 +616,8 @@ def run(args) -> int:
     cfg = load_config(args.config, over)
     if args.anchors:
         torch.set_num_threads(int(cfg["threads"]))
-        splits = D.make_detection_splits(resolve_path(cfg["dataset_root"], cfg), seed=cfg["seed"], cache_dir=args.out,
+        splits = D.make_detection_splits(resolve_path(cfg["dataset_root"], cfg), seed=cfg["seed"],
+                                         cache_dir=resolve_path(cfg["cache_dir"], cfg),
                                          **cfg["dedup"])
         k, bpr, miou = kmean_anchors(splits["train"], cfg["input_size"], seed=cfg["seed"],
                                      anchor_t=cfg["loss"].get("anchor_t", 4.0))

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The RetinaNet-PAN-IoU ablation of the bone-marrow detection paper: one recipe
+# (configs/retinanet_pan_iou.json), trained with each label assigner and without the PAN / IoU branch.
+#
+#   scripts/retinanet_ablation.sh [JOBS]     # JOBS trainings at a time (default 1; each uses one thread)
+#
+# Each variant trains in runs/retinanet/<variant>/ and resumes from its checkpoint when run again.
+# The OT variant with PAN and IoU branch is the shipped models/retinanet_pan_iou.pt; the others are
+# exported beside their checkpoints. scripts/evaluate_models.py then evaluates all of them on BCCD test
+# and writes models/retinanet_pan_iou.ablation.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+jobs="${1:-1}"
+py=.venv/bin/python
+
+train() {  # variant, then the recipe's switches
+  local variant="$1"; shift
+  local out="runs/retinanet/$variant" export="runs/retinanet/$variant/model.pt"
+  [[ "$variant" == ota ]] && export=models/retinanet_pan_iou.pt
+  mkdir -p "$out"
+  "$py" -m bloodcv.train retinanet --config configs/retinanet_pan_iou.json "$@" --out "$out" \
+    --export-path "$export" --resume --no-progress > "$out/stdout.log" 2>&1 \
+    && echo "$variant: done ($export)" || { echo "$variant: failed, see $out/stdout.log"; return 1; }
+}
+export -f train
+export py
+
+printf '%s\n' \
+  "ota --assigner ota" \
+  "ota_nopan --assigner ota --no-pan" \
+  "ota_noiou --assigner ota --no-iou" \
+  "max_iou --assigner max_iou" \
+  "atss --assigner atss" \
+  "paa --assigner paa" |
+  xargs -P "$jobs" -I{} bash -c 'train {}'
