@@ -24,7 +24,8 @@ What the recipe does, in order:
    cache cost the first model 1.5 points of accuracy on the runtime's sharper inputs).
 4. Training: augmentation on whole batches (one affine resampling for crop padding, aspect, shift, 90°
    rotations, flips and a small rotation; brightness, contrast, saturation and hue jitter; Gaussian blur;
-   Gaussian noise), cross-entropy with label smoothing, AdamW, linear warm-up then cosine decay per step.
+   Gaussian noise), cross-entropy with label smoothing (plus, with "metric_loss", the centre-based triplet
+   or the contrastive loss of bloodcv.models.metric_loss on the model's embedding), AdamW, linear warm-up then cosine decay per step.
    The epoch's order and augmentation come from a generator seeded with (seed, epoch); a checkpoint after
    every epoch holds the model, optimizer, scheduler, epoch and RNG states, and --resume continues from it
    exactly.
@@ -53,6 +54,7 @@ import torch
 import torch.nn.functional as F
 
 from .models import build_classifier
+from .models.metric_loss import metric_loss
 
 HELP = "train a single-cell classifier (PBC white-cell types) and export it"
 
@@ -85,6 +87,7 @@ DEFAULTS = {
     "momentum": 0.9,
     "warmup_epochs": 1.0,
     "label_smoothing": 0.1,
+    "metric_loss": None,                  # {"kind": "center_triplet" | "contrastive", "weight", "margin"}
     "num_threads": 1,
     "augment": {
         "padding": [0.05, 0.45],          # crop padding per side drawn in this range (runtime: crop_padding)
@@ -497,6 +500,8 @@ def train(cfg: dict, out_dir, data: dict, resume: bool = False, max_epochs: int 
 
     _seed_all(cfg["seed"])
     model = build_classifier(cfg["model"], num_classes, cfg["input_size"])
+    if cfg["metric_loss"] and not hasattr(model, "logits_and_embedding"):
+        raise ValueError(f"metric_loss needs a model with an embedding (resnet_ibn, overlap_vit), not {cfg['model']['name']!r}")
     opt, sched = make_optimizer(model, cfg, steps)
     history, start_epoch, elapsed = [], 0, 0.0
     if resume:
@@ -519,14 +524,19 @@ def train(cfg: dict, out_dir, data: dict, resume: bool = False, max_epochs: int 
         g = _epoch_generator(cfg["seed"], epoch)
         order = train_idx[torch.randperm(len(train_idx), generator=g)]
         model.train()
-        losses, correct, seen = [], 0, 0
+        losses, metric_losses, correct, seen = [], [], 0, 0
         bar = _progress(range(steps), f"epoch {epoch + 1}/{cfg['epochs']}", progress, total=steps)
         for step in bar:
             idx = order[step * bs:(step + 1) * bs]
             x = make_batch(data["images"][idx], data["centre"][idx], data["half"][idx], cfg, g, augment=True)
             y = labels_t[idx]
-            logits = model(x)
-            loss = F.cross_entropy(logits, y, weight=weights, label_smoothing=cfg["label_smoothing"])
+            if cfg["metric_loss"]:
+                logits, embedding = model.logits_and_embedding(x)
+                metric = metric_loss(cfg["metric_loss"], embedding, y)
+                metric_losses.append(metric.item())
+            else:
+                logits, metric = model(x), 0.0
+            loss = F.cross_entropy(logits, y, weight=weights, label_smoothing=cfg["label_smoothing"]) + metric
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -538,6 +548,8 @@ def train(cfg: dict, out_dir, data: dict, resume: bool = False, max_epochs: int 
                 bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", lr=f"{sched.get_last_lr()[0]:.2e}")
         record = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "train_acc": correct / max(seen, 1),
                   "step_losses": losses, "lr": sched.get_last_lr()[0]}
+        if metric_losses:
+            record["train_metric_loss"] = float(np.mean(metric_losses))
         if data.get("val"):
             vi = torch.tensor(data["val"], dtype=torch.long)
             logits = predict(model, data["images"][vi], data["centre"][vi], data["half"][vi], cfg)

@@ -9,7 +9,7 @@ torch = pytest.importorskip("torch")
 cv2 = pytest.importorskip("cv2")
 
 from bloodcv.export import load_model  # noqa: E402
-from bloodcv.models import IBN, BasicBlockIBN, ResNetIBN, SmallCNN, build_classifier  # noqa: E402
+from bloodcv.models import IBN, BasicBlockIBN, OverlapViT, RegionSelection, ResNetIBN, SmallCNN, build_classifier  # noqa: E402
 from bloodcv import train_classifier as tc  # noqa: E402
 
 FRACTIONS = {"train": 0.7, "val": 0.15, "test": 0.15}
@@ -74,7 +74,8 @@ def test_ibn_instance_norms_half_the_channels():
 
 @pytest.mark.parametrize("spec", [{"name": "small_cnn", "channels": [8, 16, 16], "hidden": 32, "dropout": 0.0},
                                   {"name": "resnet_ibn", "widths": [8, 16], "depths": [1, 1], "stem_width": 8,
-                                   "dropout": 0.0}])
+                                   "dropout": 0.0},
+                                  {"name": "overlap_vit", "dim": 16, "depth": 2, "heads": 2, "dropout": 0.0}])
 def test_loss_decreases_on_a_tiny_batch(spec):
     torch.manual_seed(0)
     model = build_classifier(spec, 3, 32)
@@ -90,6 +91,43 @@ def test_loss_decreases_on_a_tiny_batch(spec):
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0], losses
     assert model.eval()(x).shape == (12, 3)
+
+
+def test_region_selection_follows_the_layer_weights():
+    """Per head, the patch of largest attention in the layer mix the SE block weighs in."""
+    select = RegionSelection(2)
+    attention = torch.full((1, 2, 2, 5), 0.1)           # [B, layers, heads, patches]
+    attention[0, 0, 0, 1] = attention[0, 0, 1, 4] = 0.5  # layer 0 looks at patches 1 (head 0) and 4 (head 1)
+    attention[0, 1, 0, 2] = attention[0, 1, 1, 0] = 0.6  # layer 1 at patches 2 and 0
+    last = select.excite[2]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.copy_(torch.tensor([10.0, -10.0]))     # weights ≈ (1, 0): layer 0 decides
+        index, score = select(attention)
+        assert index.tolist() == [[1, 4]] and score[0].tolist() == pytest.approx([0.5, 0.5], abs=1e-3)
+        last.bias.copy_(torch.tensor([-10.0, 10.0]))     # layer 1 decides
+        assert select(attention)[0].tolist() == [[2, 0]]
+
+
+def test_overlap_vit_patches_overlap_and_selection_is_trained():
+    vit = OverlapViT(4, input_size=96, dim=32, depth=3, heads=4, dropout=0.0)
+    conv = vit.patch_embed
+    assert conv.kernel_size[0] > conv.stride[0] and vit.tokens == 12 * 12
+    with pytest.raises(ValueError, match="patch_kernel > patch_stride"):
+        OverlapViT(4, patch_kernel=4, patch_stride=4)
+    x = torch.randn(3, 3, 96, 96)
+    logits, embedding = vit.logits_and_embedding(x)
+    assert logits.shape == (3, 4) and embedding.shape == (3, 32)
+    logits.sum().backward()
+    assert vit.select.excite[0].weight.grad.abs().sum() > 0  # the SE weights learn through the token gates
+    # The traced model (the exported form) selects per image as the eager one does, at any batch size.
+    vit.eval()
+    traced = torch.jit.trace(vit, torch.randn(2, 3, 96, 96))
+    y = torch.randn(5, 3, 96, 96)
+    torch.testing.assert_close(traced(y), vit(y))
+    torch.testing.assert_close(traced(y[2:3]), vit(y)[2:3], atol=1e-5, rtol=1e-5)
+    plain = OverlapViT(4, input_size=96, dim=32, depth=3, heads=4, select_regions=False)
+    assert plain.select is None and plain(x).shape == (3, 4)
 
 
 def tiny_cfg(**over):
@@ -155,7 +193,13 @@ def test_cell_box_and_runtime_crop():
     assert not found and np.allclose(box, [30, 30, 70, 70])
 
 
-def test_end_to_end_run_exports_a_loadable_model(tmp_path):
+@pytest.mark.parametrize("model", [
+    {"model": {"name": "small_cnn", "channels": [8, 8, 8], "hidden": 16}},
+    {"model": {"name": "resnet_ibn", "widths": [8, 16], "depths": [1, 1], "stem_width": 8},
+     "metric_loss": {"kind": "center_triplet", "weight": 1.0, "margin": 0.3}},
+    {"model": {"name": "overlap_vit", "dim": 16, "depth": 2, "heads": 2},
+     "metric_loss": {"kind": "contrastive", "weight": 1.0, "margin": 0.4}}], ids=["cnn", "ibn_triplet", "vit_contrastive"])
+def test_end_to_end_run_exports_a_loadable_model(tmp_path, model):
     """The whole command on a tiny dataset: split.csv, metrics.json and a bloodcv model file."""
     from bloodcv import train as dispatcher
     rng = np.random.default_rng(0)
@@ -168,9 +212,8 @@ def test_end_to_end_run_exports_a_loadable_model(tmp_path):
             cv2.circle(img, (36 + int(rng.integers(-3, 4)), 36), r, colour, -1)
             cv2.imwrite(str(tmp_path / "data" / folder / f"{i}.png"), img)
     cfg = {"name": "tiny", "classes": list(colours), "data_root": str(tmp_path / "data"), "input_size": 32,
-           "cache_dir": str(tmp_path / "cache"), "batch_size": 8, "epochs": 1,
-           "model": {"name": "small_cnn", "channels": [8, 8, 8], "hidden": 16}, "crop_padding": 0.15,
-           "split": {"train": 0.6, "val": 0.2, "test": 0.2}}
+           "cache_dir": str(tmp_path / "cache"), "batch_size": 8, "epochs": 1, "crop_padding": 0.15,
+           "split": {"train": 0.6, "val": 0.2, "test": 0.2}, **model}
     (tmp_path / "cfg.json").write_text(json.dumps(cfg))
     out, model_path = tmp_path / "run", tmp_path / "m.pt"
     args = ["classifier", "--config", str(tmp_path / "cfg.json"), "--out", str(out), "--export-path", str(model_path),
@@ -182,6 +225,7 @@ def test_end_to_end_run_exports_a_loadable_model(tmp_path):
     assert "Acevedo" in meta["training"]["data"]["citation"] and meta["training"]["split"]["counts"]["test"] == 6
     assert module(torch.zeros(2, 3, 32, 32)).shape == (2, 3)
     metrics = json.loads((out / "metrics.json").read_text())
+    assert ("train_metric_loss" in metrics["history"][0]) == ("metric_loss" in model)
     assert metrics["test"]["n"] == 6 and len(metrics["test"]["confusion_matrix"]["matrix"]) == 3
     rows = (out / "split.csv").read_text().splitlines()
     assert rows[0] == "split,label,file" and len(rows) == 31
