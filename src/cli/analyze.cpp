@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <cstdlib>
 #include <filesystem>
-#include <fstream>
 #include <iostream>
 #include <sstream>
 
@@ -97,16 +96,6 @@ PipelineConfig resolve_config(const AnalyzeCommand& cmd) {
   return c;
 }
 
-void write_file(const fs::path& path, const std::string& text) {
-  const fs::path partial = path.parent_path() / (".partial." + path.filename().string());
-  {
-    std::ofstream out(partial, std::ios::binary);
-    out << text;
-    if (!out) throw std::runtime_error(fmt::format("cannot write '{}'", path.string()));
-  }
-  fs::rename(partial, path);
-}
-
 std::string counts_line(const std::map<std::string, int>& counts) {
   std::string s;
   for (const auto& [name, n] : counts) s += fmt::format("{}{} {}", s.empty() ? "" : ", ", name, n);
@@ -182,9 +171,9 @@ int run_analyze(const AnalyzeCommand& cmd) {
   json categories = json::array();
   for (std::size_t k = 0; k < detector_labels.size(); ++k) categories.push_back({{"id", k + 1}, {"name", detector_labels[k]}});
   fs::create_directories(cmd.out);
-  write_file(fs::path(cmd.out) / "summary.json", summary.dump(1) + "\n");
-  write_file(fs::path(cmd.out) / "coco_results.json", coco_results.dump() + "\n");
-  write_file(fs::path(cmd.out) / "coco_images.json",
+  write_text_file(fs::path(cmd.out) / "summary.json", summary.dump(1) + "\n");
+  write_text_file(fs::path(cmd.out) / "coco_results.json", coco_results.dump() + "\n");
+  write_text_file(fs::path(cmd.out) / "coco_images.json",
              json{{"images", coco_images}, {"categories", categories}, {"annotations", json::array()}}.dump(1) + "\n");
   fmt::print("\nwrote {} report(s) and summary.json, coco_results.json, coco_images.json to {}/\n", table.size(), cmd.out);
   if (failures) fmt::print(stderr, "{} of {} image(s) failed\n", failures, images.size());

@@ -74,7 +74,7 @@ std::string predict(const EvalCommand& cmd, const eval::GroundTruth& gt) {
     const auto it = files.find(image.image);
     if (it == files.end()) throw std::runtime_error(fmt::format("no image named '{}' in '{}'", image.image, cmd.images));
     const AnalysisResult r = pipeline.analyze(it->second.string());
-    std::ofstream(dir / (image.image + ".json")) << to_json(r, it->second.string());
+    write_text_file(dir / (image.image + ".json"), to_json(r, it->second.string()));
     if (++done % 20 == 0 || done == gt.images.size()) fmt::print(stderr, "\rpredicted {}/{} images", done, gt.images.size());
   }
   fmt::print(stderr, "\n");
@@ -103,8 +103,8 @@ int run_eval(const EvalCommand& cmd) {
   const std::string markdown = eval::to_markdown(report);
   fmt::print("{}", markdown);
   fs::create_directories(cmd.out);
-  std::ofstream(fs::path(cmd.out) / "eval.md") << markdown;
-  std::ofstream(fs::path(cmd.out) / "eval.json") << eval::to_json(report);
+  write_text_file(fs::path(cmd.out) / "eval.md", markdown);
+  write_text_file(fs::path(cmd.out) / "eval.json", eval::to_json(report));
   fmt::print("\nwrote {0}/eval.md and {0}/eval.json\n", cmd.out);
   return 0;
 }

@@ -93,12 +93,6 @@ std::vector<Detection> perfect_detections(const LabelledBoxes& truth, const std:
   return out;
 }
 
-void write_atomically(const fs::path& path, const std::function<void(const fs::path&)>& write) {
-  const fs::path partial = path.string() + ".partial" + path.extension().string();
-  write(partial);
-  fs::rename(partial, path);
-}
-
 int run_tile(const TileCommand& cmd) {
   const cv::Mat image = cv::imread(cmd.image, cv::IMREAD_COLOR);
   if (image.empty()) throw std::runtime_error(fmt::format("cannot read image '{}': missing or not a decodable image", cmd.image));
@@ -175,9 +169,7 @@ int run_tile(const TileCommand& cmd) {
   write_atomically(out_dir / (stem + ".tiles.png"), [&](const fs::path& p) {
     if (!cv::imwrite(p.string(), overlay)) throw std::runtime_error(fmt::format("cannot write '{}'", p.string()));
   });
-  write_atomically(out_dir / (stem + ".tiles.json"), [&](const fs::path& p) {
-    std::ofstream(p) << report.dump(1) << '\n';
-  });
+  write_text_file(out_dir / (stem + ".tiles.json"), report.dump(1) + "\n");
   fmt::print("wrote {0}/{1}.tiles.png and {0}/{1}.tiles.json\n", out_dir.string(), stem);
   return 0;
 }
