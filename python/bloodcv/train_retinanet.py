@@ -34,7 +34,8 @@ RETINANET_DEFAULTS = {
     "iou_branch": True, "anchors": DEFAULT_ANCHORS, "assigner": "ota", "assigner_options": {},
     "loss": {"focal_alpha": 0.25, "focal_gamma": 2.0, "box": 2.0, "iou": 1.0},
     "eval": {"conf_threshold": 0.05, "iou_threshold": 0.5, "max_det": 300, "batch_size": 16},
-    "export": {"path": "models/retinanet_pan_iou.pt", "score_threshold": 0.05, "nms_iou_threshold": 0.5},
+    "export": {"path": "models/retinanet_pan_iou.pt", "score_threshold": 0.05, "nms_iou_threshold": 0.5,
+               "tile_size": [640, 640]},
 }
 
 
@@ -118,6 +119,8 @@ class RetinaTrainer(DetectorTrainer):
         meta = anchor_metadata(D.LABELS, [S, S], c["anchors"], c["iou_branch"], c["export"]["score_threshold"],
                                c["export"]["nms_iou_threshold"])
         meta["name"] = c["name"]
+        if c["export"].get("tile_size"):
+            meta["tile_size"] = c["export"]["tile_size"]  # trained on 640-pixel fields scaled to the input
         meta["training"] = {"recipe": f"python -m bloodcv.train retinanet --config {c.get('_config_path', '?')} "
                                       f"--assigner {c['assigner']}" + ("" if c["pan"] else " --no-pan")
                                       + ("" if c["iou_branch"] else " --no-iou"),

@@ -7,6 +7,7 @@ import torch
 
 import bloodcv
 from bloodcv import data as D
+from bloodcv.export import load_model
 from bloodcv.train_detector import load_config
 from bloodcv.train_retinanet import RETINANET_DEFAULTS, RetinaTrainer
 
@@ -54,3 +55,4 @@ def test_export_runs_in_the_cpp_runtime(tiny_splits, tmp_path):
     assert detector.labels() == list(D.LABELS) and detector.input_size() == (128, 128)
     (out,) = detector.detect([cv2.imread(str(tiny_splits["train"][0].image))])
     assert "predicted_ious" in out and len(out["boxes"]) > 0
+    assert load_model(path)[1]["tile_size"] == [640, 640]  # the field it was trained on: the pipeline's tile
