@@ -45,12 +45,16 @@ def test_cell_detector_finds_the_sample_white_cell_and_red_cells():
     assert matched >= 0.7 * len(truth["RBC"])
 
 
-def test_wbc_classifier_types_the_sample_neutrophil():
-    classifier = bloodcv.TorchScriptClassifier(str(MODELS / "wbc_classifier.pt"))
-    image = bloodcv.read_image(str(SAMPLES / "pbc_neutrophil_BNE_131871.jpg"))
+@pytest.mark.parametrize("name, sample, expected", [
+    ("wbc_classifier", "pbc_neutrophil_BNE_131871.jpg", "neutrophil"),
+    ("wbc_binary_classifier", "pbc_neutrophil_BNE_131871.jpg", "polynuclear"),
+    ("bone_marrow_classifier", "bone_marrow_EOS_00003.jpg", "EOS")])
+def test_classifier_types_its_sample_cell(name, sample, expected):
+    classifier = bloodcv.TorchScriptClassifier(str(MODELS / f"{name}.pt"))
+    image = bloodcv.read_image(str(SAMPLES / sample))
     h, w = image.shape[:2]
     out = classifier.classify(image, np.array([[0.2 * w, 0.2 * h, 0.8 * w, 0.8 * h]], np.float32))  # the centred cell
-    assert classifier.labels()[out["labels"][0]] == "neutrophil"
+    assert classifier.labels()[out["labels"][0]] == expected
 
 
 def test_default_pair_types_the_sample_smear_white_cell():
