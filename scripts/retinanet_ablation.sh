@@ -2,7 +2,8 @@
 # The RetinaNet-PAN-IoU ablation of the bone-marrow detection paper: one recipe
 # (configs/retinanet_pan_iou.json), trained with each label assigner and without the PAN / IoU branch.
 #
-#   scripts/retinanet_ablation.sh [JOBS]     # JOBS trainings at a time (default 1; each uses one thread)
+#   scripts/retinanet_ablation.sh [JOBS [VARIANT...]]   # JOBS trainings at a time (default 1; one thread
+#                                                       # each); the named variants only (default: all)
 #
 # Each variant trains in runs/retinanet/<variant>/ and resumes from its checkpoint when run again.
 # The OT variant with PAN and IoU branch is the shipped models/retinanet_pan_iou.pt; the others are
@@ -11,6 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 jobs="${1:-1}"
+shift || true
 py=.venv/bin/python
 
 train() {  # variant, then the recipe's switches
@@ -25,11 +27,15 @@ train() {  # variant, then the recipe's switches
 export -f train
 export py
 
-printf '%s\n' \
-  "ota --assigner ota" \
-  "ota_nopan --assigner ota --no-pan" \
-  "ota_noiou --assigner ota --no-iou" \
-  "max_iou --assigner max_iou" \
-  "atss --assigner atss" \
-  "paa --assigner paa" |
-  xargs -P "$jobs" -I{} bash -c 'train {}'
+variants=(
+  "ota --assigner ota"
+  "ota_nopan --assigner ota --no-pan"
+  "ota_noiou --assigner ota --no-iou"
+  "max_iou --assigner max_iou"
+  "atss --assigner atss"
+  "paa --assigner paa"
+)
+for v in "${variants[@]}"; do
+  name="${v%% *}"
+  if (($# == 0)) || [[ " $* " == *" $name "* ]]; then echo "$v"; fi
+done | xargs -P "$jobs" -I{} bash -c 'train {}'
