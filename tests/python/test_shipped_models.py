@@ -12,7 +12,7 @@ from bloodcv.export import load_model
 ROOT = Path(__file__).resolve().parents[2]
 MODELS = ROOT / "models"
 SAMPLES = ROOT / "examples" / "data"
-SHIPPED = ["cell_detector", "wbc_classifier", "wbc_binary_classifier", "bone_marrow_classifier"]
+SHIPPED = ["cell_detector", "retinanet_pan_iou", "wbc_classifier", "wbc_binary_classifier", "bone_marrow_classifier"]
 
 
 @pytest.mark.parametrize("name", SHIPPED)
@@ -32,8 +32,9 @@ def sample_boxes():
     return {label: np.array([o["box"] for o in objects if o["label"] == label], np.float32) for label in ("WBC", "RBC")}
 
 
-def test_cell_detector_finds_the_sample_white_cell_and_red_cells():
-    detector = bloodcv.TorchScriptDetector(str(MODELS / "cell_detector.pt"))
+@pytest.mark.parametrize("name", ["cell_detector", "retinanet_pan_iou"])
+def test_detector_finds_the_sample_white_cell_and_red_cells(name):
+    detector = bloodcv.TorchScriptDetector(str(MODELS / f"{name}.pt"))
     assert detector.labels() == ["WBC", "RBC", "Platelets"]
     result = bloodcv.Pipeline(detector).analyze(str(SAMPLES / "bccd_BloodImage_00001.jpg"))
     cells = result.arrays()
