@@ -12,7 +12,8 @@ from bloodcv.export import load_model
 ROOT = Path(__file__).resolve().parents[2]
 MODELS = ROOT / "models"
 SAMPLES = ROOT / "examples" / "data"
-SHIPPED = ["cell_detector", "retinanet_pan_iou", "wbc_classifier", "wbc_binary_classifier", "bone_marrow_classifier"]
+SHIPPED = ["cell_detector", "retinanet_pan_iou", "wbc_classifier", "wbc_binary_classifier", "bone_marrow_classifier",
+           "bone_marrow_vit"]
 
 
 @pytest.mark.parametrize("name", SHIPPED)
@@ -49,7 +50,8 @@ def test_detector_finds_the_sample_white_cell_and_red_cells(name):
 @pytest.mark.parametrize("name, sample, expected", [
     ("wbc_classifier", "pbc_neutrophil_BNE_131871.jpg", "neutrophil"),
     ("wbc_binary_classifier", "pbc_neutrophil_BNE_131871.jpg", "polynuclear"),
-    ("bone_marrow_classifier", "bone_marrow_EOS_00003.jpg", "EOS")])
+    ("bone_marrow_classifier", "bone_marrow_EOS_00003.jpg", "EOS"),
+    ("bone_marrow_vit", "bone_marrow_EOS_00003.jpg", "EOS")])
 def test_classifier_types_its_sample_cell(name, sample, expected):
     classifier = bloodcv.TorchScriptClassifier(str(MODELS / f"{name}.pt"))
     image = bloodcv.read_image(str(SAMPLES / sample))
