@@ -7,7 +7,8 @@
 - the default pair end to end on the same split: for each test image whose white cell is known
   (exactly one WBC box and one type in wbc_labels.csv), a true white cell counts as correct when the
   pipeline finds it (IoU >= 0.5) and types it right → models/pipeline.chain.json / .md.
-- CPU latency of the detector per tile and of the classifier per cell.
+- CPU latency of every model in models/ (detectors per tile, classifiers per cell) → models/latency.md
+  (alone: --latency).
 - with --retinanet: models/retinanet_pan_iou.pt (→ retinanet_pan_iou.eval.md / .eval.json) and the
   ablation variants that scripts/retinanet_ablation.sh trained (runs/retinanet/<variant>/model.pt) on the
   same split → models/retinanet_pan_iou.ablation.md / .json: AP50, AP75, AP90 and AP50:95 per variant.
@@ -145,28 +146,40 @@ def evaluate_chain(detector: Path, classifier: Path, bccd: Path, datasets: Path,
     return result
 
 
-def latency(detector: Path, classifier: Path, bccd: Path) -> dict:
+def _median_ms(run, repeats: int = 7, per: int = 1) -> float:
+    run()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append((time.perf_counter() - start) / per)
+    return statistics.median(times) * 1e3
+
+
+def latency(models: Path, bccd: Path, out: Path) -> list:
+    """CPU latency of every model file in `models`, one thread, side by side in one run: detectors per
+    input tile (batch 1), classifiers per cell (batches of 32) → out/latency.md / .json."""
     torch.set_num_threads(1)
     image = bloodcv.read_image(str(next((bccd / "JPEGImages").glob("*.jpg"))))
-    det = bloodcv.TorchScriptDetector(str(detector), batch_size=1)
-    w, h = det.input_size()
-    tile = np.ascontiguousarray(np.resize(image, (h, w, 3)))
-    det.detect([tile])
-    t = []
-    for _ in range(5):
-        start = time.perf_counter()
-        det.detect([tile])
-        t.append(time.perf_counter() - start)
-    cls = bloodcv.TorchScriptClassifier(str(classifier), batch_size=32)
-    boxes = np.array([[100, 100, 200, 200]] * 32, np.float32)
-    cls.classify(image, boxes)
-    c = []
-    for _ in range(5):
-        start = time.perf_counter()
-        cls.classify(image, boxes)
-        c.append((time.perf_counter() - start) / 32)
-    return {"detector_ms_per_tile": statistics.median(t) * 1e3, "classifier_ms_per_cell": statistics.median(c) * 1e3,
-            "threads": 1}
+    rows = []
+    for path in sorted(models.glob("*.pt")):
+        task = load_model(path)[1]["task"]
+        if task == "detection":
+            det = bloodcv.TorchScriptDetector(str(path), batch_size=1)
+            w, h = det.input_size()
+            tile = np.ascontiguousarray(np.resize(image, (h, w, 3)))
+            rows.append({"model": path.name, "unit": f"{w}×{h} tile", "ms": _median_ms(lambda: det.detect([tile]))})
+        else:
+            cls = bloodcv.TorchScriptClassifier(str(path), batch_size=32)
+            boxes = np.array([[100, 100, 200, 200]] * 32, np.float32)
+            rows.append({"model": path.name, "unit": "cell (batches of 32)",
+                         "ms": _median_ms(lambda: cls.classify(image, boxes), per=32)})
+    (out / "latency.json").write_text(json.dumps({"threads": 1, "models": rows}, indent=1) + "\n")
+    md = ("CPU latency, one thread, median of 7 runs, all models measured side by side in one run of "
+          "`.venv/bin/python scripts/evaluate_models.py --latency`:\n\n| model | per | ms |\n|---|---|---:|\n")
+    md += "".join(f"| `{r['model']}` | {r['unit']} | {r['ms']:.1f} |\n" for r in rows)
+    (out / "latency.md").write_text(md)
+    return rows
 
 
 def main() -> None:
@@ -176,19 +189,21 @@ def main() -> None:
     parser.add_argument("--detector", type=Path, default=ROOT / "models" / "cell_detector.pt")
     parser.add_argument("--classifier", type=Path, default=ROOT / "models" / "wbc_classifier.pt")
     parser.add_argument("--retinanet", action="store_true", help="only the RetinaNet-PAN-IoU model and its ablation")
+    parser.add_argument("--latency", action="store_true", help="only the CPU latency of every model in models/")
     args = parser.parse_args()
     bccd = args.datasets / "bccd" / "BCCD"
     if args.retinanet:
         for row in evaluate_retinanet_ablation(bccd, args.out):
             print({k: v for k, v in row.items() if k != "recipe"})
         return
+    if args.latency:
+        print(latency(ROOT / "models", bccd, args.out))
+        return
     report = evaluate_detector(args.detector, bccd, args.out)
     print(json.dumps(report["coco"], indent=1))
     chain = evaluate_chain(args.detector, args.classifier, bccd, args.datasets, args.out)
     print({k: v for k, v in chain.items() if k != "types_of_detected"})
-    speed = latency(args.detector, args.classifier, bccd)
-    (ROOT / "build" / "eval" / "latency.json").write_text(json.dumps(speed, indent=1) + "\n")
-    print(speed)
+    print(latency(ROOT / "models", bccd, args.out))
 
 
 if __name__ == "__main__":

@@ -25,7 +25,8 @@ What the recipe does, in order:
 4. Training: augmentation on whole batches (one affine resampling for crop padding, aspect, shift, 90°
    rotations, flips and a small rotation; brightness, contrast, saturation and hue jitter; Gaussian blur;
    Gaussian noise), cross-entropy with label smoothing (plus, with "metric_loss", the centre-based triplet
-   or the contrastive loss of bloodcv.models.metric_loss on the model's embedding), AdamW, linear warm-up then cosine decay per step.
+   or the contrastive loss of bloodcv.models.metric_loss on the model's embedding), AdamW, linear warm-up
+   then cosine decay per step.
    The epoch's order and augmentation come from a generator seeded with (seed, epoch); a checkpoint after
    every epoch holds the model, optimizer, scheduler, epoch and RNG states, and --resume continues from it
    exactly.
