@@ -55,10 +55,7 @@ def evaluate_detector(detector: Path, bccd: Path, out: Path, name: str | None = 
     return report
 
 
-ABLATION = [  # variant (runs/retinanet/<variant>), assigner, PAN, IoU branch; as scripts/retinanet_ablation.sh
-    ("ota", "OT (Sinkhorn)", True, True), ("ota_nopan", "OT (Sinkhorn)", False, True),
-    ("ota_noiou", "OT (Sinkhorn)", True, False), ("max_iou", "max-IoU", True, True), ("atss", "ATSS", True, True),
-    ("paa", "PAA (GMM)", True, True)]
+ASSIGNER_NAMES = {"ota": "OT (Sinkhorn)", "max_iou": "max-IoU", "atss": "ATSS", "paa": "PAA (GMM)"}
 
 
 def ap_at(report: dict, iou: float, classes: bool = False):
@@ -71,18 +68,24 @@ def ap_at(report: dict, iou: float, classes: bool = False):
 
 
 def evaluate_retinanet_ablation(bccd: Path, out: Path) -> list:
+    """The shipped model and every variant scripts/retinanet_ablation.sh trained (runs/retinanet/*/model.pt),
+    each described by the recipe its file records."""
+    models = [out / "retinanet_pan_iou.pt"] + sorted((ROOT / "runs" / "retinanet").glob("*/model.pt"))
     rows = []
-    for variant, assigner, pan, iou_branch in ABLATION:
-        model = out / "retinanet_pan_iou.pt" if variant == "ota" else ROOT / "runs" / "retinanet" / variant / "model.pt"
+    for model in models:
         if not model.exists():
             print(f"ablation: {model} is missing (scripts/retinanet_ablation.sh trains it); skipped")
             continue
+        shipped = model.parent == out
+        recipe = load_model(model)[1]["training"]
+        flags = recipe["recipe"].split()
         # AP keeps the low-score detections (COCO protocol): every variant at score 0.05.
-        report = evaluate_detector(model, bccd, out if variant == "ota" else None,
-                                   "retinanet_pan_iou" if variant == "ota" else f"retinanet_{variant}", 0.05)
-        _, meta = load_model(model)
-        rows.append({"variant": variant, "assigner": assigner, "pan": pan, "iou_branch": iou_branch,
-                     "epochs": meta["training"]["epochs"], "recipe": meta["training"]["recipe"],
+        report = evaluate_detector(model, bccd, out if shipped else None,
+                                   "retinanet_pan_iou" if shipped else f"retinanet_{model.parent.name}", 0.05)
+        rows.append({"variant": "shipped" if shipped else model.parent.name,
+                     "assigner": ASSIGNER_NAMES[flags[flags.index("--assigner") + 1]],
+                     "pan": "--no-pan" not in flags, "iou_branch": "--no-iou" not in flags,
+                     "epochs": recipe["epochs"], "recipe": recipe["recipe"],
                      "AP50": ap_at(report, 0.5), "AP75": ap_at(report, 0.75), "AP90": ap_at(report, 0.9),
                      "AP50:95": report["coco"]["AP"], "AP50_per_class": ap_at(report, 0.5, classes=True)})
     (out / "retinanet_pan_iou.ablation.json").write_text(json.dumps(rows, indent=1) + "\n")
