@@ -3,5 +3,7 @@
 # smear with the default models, writing the overlay, JSON, CSV and COCO reports to out/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh >/dev/null
+# Only bloodcv's own output reaches the user: set-up's goes to a log, shown if set-up fails.
+mkdir -p build
+scripts/setup.sh >build/setup.log 2>&1 || { cat build/setup.log >&2; echo "demo: set-up failed (log: build/setup.log)" >&2; exit 1; }
 build/bloodcv analyze examples/data/bccd_BloodImage_00001.jpg --out out "$@"

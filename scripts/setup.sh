@@ -12,7 +12,7 @@ PACKAGES=(
   libopenblas0-openmp
   pybind11-dev python3-dev python3-venv python3-pip python3-setuptools python3-wheel
   python3-numpy python3-pytest python3-torch python3-torchvision python3-opencv python3-tqdm
-  jupyter-nbconvert python3-nbformat python3-ipykernel python3-matplotlib
+  jupyter-nbconvert python3-nbformat python3-ipykernel python3-matplotlib python3-sklearn python3-pil
 )
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -36,7 +36,9 @@ cmake -S . -B build -DPython_EXECUTABLE="$PWD/$VENV/bin/python" -DCMAKE_INSTALL_
 cmake --build build -j "$JOBS"
 cmake --install build >/dev/null
 # Notebooks run in the env: its own "python3" kernel (found before the system's).
-[ -f "$VENV/share/jupyter/kernels/python3/kernel.json" ] || "$VENV/bin/python" -m ipykernel install --prefix "$PWD/$VENV" --name python3 >/dev/null
+# (-Xfrozen_modules=off: otherwise the debugger bundled with ipykernel prints a warning about frozen modules.)
+[ -f "$VENV/share/jupyter/kernels/python3/kernel.json" ] ||
+  "$VENV/bin/python" -Xfrozen_modules=off -m ipykernel install --prefix "$PWD/$VENV" --name python3 >/dev/null
 # The extension is already built in build/: pip only copies it into the env.
 "$VENV/bin/python" -m pip install --quiet --no-build-isolation --no-deps --no-index . 
 echo "setup: done (C++ installed in build/install, Python package in $VENV)"

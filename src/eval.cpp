@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <map>
+#include <set>
 #include <numeric>
 
 #include <fmt/format.h>
@@ -199,12 +201,15 @@ double DetectionReport::metric(const std::string& name) const {
   fail_argument("no metric '{}' in the report", name);
 }
 
-DetectionReport evaluate_detections(const GroundTruth& truth, const Predictions& predictions, const DetectionEvalOptions& options) {
-  if (options.iou_thresholds.empty() || options.max_detections.empty() || options.areas.empty())
+DetectionReport evaluate_detections(const GroundTruth& truth, const Predictions& predictions, const DetectionEvalOptions& given) {
+  if (given.iou_thresholds.empty() || given.max_detections.empty() || given.areas.empty())
     fail_argument("evaluation needs IoU thresholds, max detections and area ranges");
-  for (const double t : options.iou_thresholds) detail::check_unit_interval(t, "iou_thresholds");
-  for (const int m : options.max_detections)
+  for (const double t : given.iou_thresholds) detail::check_unit_interval(t, "iou_thresholds");
+  for (const int m : given.max_detections)
     if (m < 1) fail_argument("max_detections must be >= 1, got {}", m);
+  DetectionEvalOptions options = given;  // COCO's summary reads AP at the last, largest max_detections
+  std::sort(options.max_detections.begin(), options.max_detections.end());
+  options.max_detections.erase(std::unique(options.max_detections.begin(), options.max_detections.end()), options.max_detections.end());
 
   const std::size_t k_count = truth.labels.size();
   std::vector<std::int64_t> label_map(predictions.labels.size());  // prediction label → ground-truth label
@@ -216,13 +221,25 @@ DetectionReport evaluate_detections(const GroundTruth& truth, const Predictions&
   }
 
   // Images in name order (COCO evaluates imgIds sorted), each split by class.
-  std::vector<const ImageGroundTruth*> images;
-  for (const auto& im : truth.images) images.push_back(&im);
-  std::stable_sort(images.begin(), images.end(), [](auto* a, auto* b) { return a->image < b->image; });
   std::map<std::string, const ImagePredictions*> by_name;
   for (const auto& p : predictions.images) by_name[p.image] = &p;
-
   DetectionReport report;
+  std::set<std::string> truth_names;
+  std::vector<const ImageGroundTruth*> images;
+  for (const auto& im : truth.images) {
+    truth_names.insert(im.image);
+    const bool predicted = by_name.count(im.image) > 0;
+    if (!predicted && options.predicted_images_only) continue;
+    report.images_without_predictions += !predicted;
+    images.push_back(&im);
+  }
+  for (const auto& [name, p] : by_name)
+    if (!truth_names.count(name)) report.unmatched_prediction_images.push_back(name);
+  if (!by_name.empty() && report.unmatched_prediction_images.size() == by_name.size())
+    fail_argument("none of the {} predicted images is in the ground truth (e.g. '{}'; ground truth has e.g. '{}'): images are matched by "
+                  "file name without extension",
+                  by_name.size(), by_name.begin()->first, truth.images.empty() ? "" : truth.images.front().image);
+  std::stable_sort(images.begin(), images.end(), [](auto* a, auto* b) { return a->image < b->image; });
   report.options = options;
   report.images = static_cast<int>(images.size());
   std::vector<std::vector<ClassImage>> split(k_count, std::vector<ClassImage>(images.size()));
@@ -349,7 +366,13 @@ std::string number(double v) { return v < 0 ? "—" : fmt::format("{:.4f}", v); 
 }  // namespace
 
 std::string to_markdown(const DetectionReport& r) {
-  std::string s = fmt::format("Detection: {} images, {} predictions.\n\n| metric | value |\n|---|---:|\n", r.images, r.predictions);
+  std::string s = fmt::format("Detection: {} images, {} predictions.\n", r.images, r.predictions);
+  if (r.images_without_predictions)
+    s += fmt::format("\n{} of the {} images have no predictions: all their cells count as missed.\n", r.images_without_predictions, r.images);
+  if (!r.unmatched_prediction_images.empty())
+    s += fmt::format("\n{} predicted images are not in the ground truth and were ignored (e.g. '{}').\n", r.unmatched_prediction_images.size(),
+                     r.unmatched_prediction_images.front());
+  s += "\n| metric | value |\n|---|---:|\n";
   for (const auto& [k, v] : r.coco) s += fmt::format("| {} | {} |\n", k, number(v));
   s += "\nAll classes, ranked by score across classes: precision, recall and F1 at the confidence that maximises F1.\n\n"
        "| IoU | precision | recall | F1 | confidence | AP |\n|---:|---:|---:|---:|---:|---:|\n";
@@ -381,7 +404,8 @@ std::string to_json(const DetectionReport& r) {
     classes.push_back({{"label", c.label}, {"ground_truth", c.ground_truth}, {"ap", c.ap}, {"ap50", c.ap50}, {"ap75", c.ap75},
                        {"by_iou", rows(c.by_iou)}, {"count_mae", c.count_mae}, {"count_threshold", c.count_threshold}});
   json opts{{"iou_thresholds", r.options.iou_thresholds}, {"max_detections", r.options.max_detections}};
-  return json{{"images", r.images}, {"predictions", r.predictions}, {"coco", coco}, {"by_iou", rows(r.by_iou)},
+  return json{{"images", r.images}, {"predictions", r.predictions}, {"images_without_predictions", r.images_without_predictions},
+              {"unmatched_prediction_images", r.unmatched_prediction_images}, {"coco", coco}, {"by_iou", rows(r.by_iou)},
               {"classes", classes}, {"count_mae", r.count_mae}, {"options", opts}}
              .dump(1) + "\n";
 }

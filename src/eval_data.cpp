@@ -3,6 +3,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <set>
 #include <sstream>
 
 #include <fmt/format.h>
@@ -36,6 +37,9 @@ std::vector<fs::path> files_with(const fs::path& path, const std::string& extens
 }
 
 json read_json(const fs::path& path) {
+  std::error_code ec;
+  if (fs::is_directory(path, ec)) fail_file(path, "is a directory, not a JSON file");
+  if (!fs::is_regular_file(path, ec)) fail_file(path, "no such file");
   std::ifstream in(path);
   if (!in) fail_file(path, "cannot open");
   try {
@@ -169,66 +173,117 @@ GroundTruth read_coco(const std::string& path) {
   return gt;
 }
 
-Predictions read_predictions(const std::string& path) {
+namespace {
+
+// COCO results (an array) with the coco_images.json that bloodcv analyze writes beside them.
+Predictions read_coco_results(const fs::path& path, const json& results) {
   Predictions p;
-  const fs::path root(path);
-  const json first = read_json(fs::is_directory(root) ? files_with(root, ".json").front() : root);
-  if (first.is_array()) {  // COCO results, with coco_images.json beside them
-    const fs::path images_file = root.parent_path() / "coco_images.json";
-    if (!fs::exists(images_file)) fail_file(path, "COCO results need coco_images.json beside them (bloodcv analyze writes it)");
-    const json images = read_json(images_file);
-    std::map<std::int64_t, std::size_t> image_index;
-    std::map<std::int64_t, std::int64_t> category_index;
-    try {
-      for (const auto& c : images.at("categories")) {
-        category_index[c.at("id").get<std::int64_t>()] = static_cast<std::int64_t>(p.labels.size());
-        p.labels.push_back(c.at("name").get<std::string>());
-      }
-      for (const auto& im : images.at("images")) {
-        image_index[im.at("id").get<std::int64_t>()] = p.images.size();
-        p.images.push_back({fs::path(im.at("file_name").get<std::string>()).stem().string(), {}});
-      }
-      for (const auto& r : first) {
-        const auto bbox = r.at("bbox").get<std::vector<double>>();
-        const auto im = image_index.find(r.at("image_id").get<std::int64_t>());
-        const auto cat = category_index.find(r.at("category_id").get<std::int64_t>());
-        if (bbox.size() != 4 || im == image_index.end() || cat == category_index.end())
-          fail_file(path, "a result has a bad bbox or an unknown image or category id");
-        Detection d;
-        d.box = checked_box(bbox[0], bbox[1], bbox[0] + bbox[2], bbox[1] + bbox[3], path);
-        d.score = r.at("score").get<float>();
-        d.label = cat->second;
-        p.images[im->second].detections.push_back(d);
-      }
-    } catch (const json::exception& e) {
-      fail_file(path, fmt::format("not COCO results: {}", e.what()));
+  const fs::path images_file = path.parent_path() / "coco_images.json";
+  if (!fs::exists(images_file)) fail_file(path, "COCO results need coco_images.json beside them (bloodcv analyze writes it)");
+  const json images = read_json(images_file);
+  std::map<std::int64_t, std::size_t> image_index;
+  std::map<std::int64_t, std::int64_t> category_index;
+  try {
+    for (const auto& c : images.at("categories")) {
+      category_index[c.at("id").get<std::int64_t>()] = static_cast<std::int64_t>(p.labels.size());
+      p.labels.push_back(c.at("name").get<std::string>());
     }
-    return p;
-  }
-  // bloodcv analysis reports
-  for (const fs::path& file : fs::is_directory(root) ? files_with(root, ".json") : std::vector<fs::path>{root}) {
-    const json doc = read_json(file);
-    if (!doc.is_object() || doc.value("schema", "") != "bloodcv.analysis") continue;  // summary.json, coco_images.json
-    try {
-      ImagePredictions image;
-      const std::string source = doc.at("image").value("path", "");
-      image.image = fs::path(source.empty() ? file.filename().string() : source).stem().string();
-      for (const auto& cell : doc.at("cells")) {
-        const auto b = cell.at("box").get<std::vector<double>>();
-        if (b.size() != 4) fail_file(file, "a cell's box must be [x1, y1, x2, y2]");
-        Detection d;
-        d.box = checked_box(b[0], b[1], b[2], b[3], file);
-        d.score = cell.at("score").get<float>();
-        d.label = label_index(p.labels, cell.at("label").get<std::string>(), false, file);
-        image.detections.push_back(d);
-      }
-      p.images.push_back(std::move(image));
-    } catch (const json::exception& e) {
-      fail_file(file, fmt::format("not a bloodcv analysis report: {}", e.what()));
+    for (const auto& im : images.at("images")) {
+      image_index[im.at("id").get<std::int64_t>()] = p.images.size();
+      p.images.push_back({fs::path(im.at("file_name").get<std::string>()).stem().string(), {}});
     }
+    for (const auto& r : results) {
+      const auto bbox = r.at("bbox").get<std::vector<double>>();
+      const auto im = image_index.find(r.at("image_id").get<std::int64_t>());
+      const auto cat = category_index.find(r.at("category_id").get<std::int64_t>());
+      if (bbox.size() != 4 || im == image_index.end() || cat == category_index.end())
+        fail_file(path, "a result has a bad bbox or an unknown image or category id");
+      Detection d;
+      d.box = checked_box(bbox[0], bbox[1], bbox[0] + bbox[2], bbox[1] + bbox[3], path);
+      d.score = r.at("score").get<float>();
+      d.label = cat->second;
+      p.images[im->second].detections.push_back(d);
+    }
+  } catch (const json::exception& e) {
+    fail_file(path, fmt::format("not COCO results: {}", e.what()));
   }
-  if (p.images.empty()) fail_file(path, "no bloodcv analysis reports (schema bloodcv.analysis) found");
   return p;
+}
+
+bool is_report(const json& doc) { return doc.is_object() && doc.value("schema", "") == "bloodcv.analysis"; }
+
+void add_report(Predictions& p, const json& doc, const fs::path& file) {
+  try {
+    ImagePredictions image;
+    const std::string source = doc.at("image").value("path", "");
+    image.image = fs::path(source.empty() ? file.filename().string() : source).stem().string();
+    for (const auto& cell : doc.at("cells")) {
+      const auto b = cell.at("box").get<std::vector<double>>();
+      if (b.size() != 4) fail_file(file, "a cell's box must be [x1, y1, x2, y2]");
+      Detection d;
+      d.box = checked_box(b[0], b[1], b[2], b[3], file);
+      d.score = cell.at("score").get<float>();
+      d.label = label_index(p.labels, cell.at("label").get<std::string>(), false, file);
+      image.detections.push_back(d);
+    }
+    p.images.push_back(std::move(image));
+  } catch (const json::exception& e) {
+    fail_file(file, fmt::format("not a bloodcv analysis report: {}", e.what()));
+  }
+}
+
+}  // namespace
+
+Predictions read_predictions(const std::string& path) {
+  const fs::path root(path);
+  std::error_code ec;
+  if (fs::is_directory(root, ec)) {
+    // bloodcv analyze's output: its reports; the COCO files beside them hold the same detections.
+    Predictions p;
+    for (const fs::path& file : files_with(root, ".json")) {
+      const json doc = read_json(file);
+      if (is_report(doc)) add_report(p, doc, file);
+    }
+    if (!p.images.empty()) return p;
+    const fs::path coco = root / "coco_results.json";
+    if (fs::exists(coco)) return read_coco_results(coco, read_json(coco));
+    fail_file(root, "no bloodcv analysis reports (schema bloodcv.analysis) and no coco_results.json");
+  }
+  const json doc = read_json(root);
+  if (doc.is_array()) return read_coco_results(root, doc);
+  if (!is_report(doc)) fail_file(root, "neither a bloodcv analysis report (schema bloodcv.analysis) nor COCO results (a JSON array)");
+  Predictions p;
+  add_report(p, doc, root);
+  return p;
+}
+
+std::vector<std::string> read_image_ids(const std::string& path) {
+  std::error_code ec;
+  if (!fs::is_regular_file(path, ec)) fail_file(path, "no such file");
+  std::ifstream in(path);
+  std::vector<std::string> ids;
+  for (std::string id; in >> id;) ids.push_back(fs::path(id).stem().string());
+  if (ids.empty()) fail_file(path, "no image ids in it");
+  return ids;
+}
+
+GroundTruth select_images(GroundTruth truth, const std::vector<std::string>& names) {
+  std::map<std::string, std::size_t> index;
+  for (std::size_t i = 0; i < truth.images.size(); ++i) index.emplace(truth.images[i].image, i);
+  std::vector<std::string> unknown;
+  std::vector<ImageGroundTruth> kept;
+  std::set<std::string> taken;
+  for (const std::string& name : names) {
+    const auto it = index.find(name);
+    if (it == index.end()) unknown.push_back(name);
+    else if (taken.insert(name).second) kept.push_back(std::move(truth.images[it->second]));
+  }
+  if (!unknown.empty())
+    throw std::invalid_argument(fmt::format("{} of the {} images named are not in the ground truth: {}{}", unknown.size(), names.size(),
+                                            fmt::join(unknown.begin(), unknown.begin() + static_cast<std::ptrdiff_t>(std::min<std::size_t>(unknown.size(), 5)), ", "),
+                                            unknown.size() > 5 ? ", ..." : ""));
+  truth.images = std::move(kept);
+  return truth;
 }
 
 }  // namespace bloodcv::eval

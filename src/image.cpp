@@ -1,6 +1,11 @@
 #include "bloodcv/image.hpp"
 
 #include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <optional>
+#include <string>
+#include <vector>
 
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
@@ -26,6 +31,34 @@ const char* depth_name(int depth) {
   }
 }
 
+// Whether a JPEG stream is complete: the marker segments are walked from SOI to EOI, skipping the
+// entropy-coded data after each SOS (where 0xFF is followed by 0x00 stuffing or RSTn). libjpeg decodes a
+// truncated file with a warning and grey rows, and OpenCV returns that image as if whole. Returns the
+// reason when the stream is cut short or malformed.
+std::optional<std::string> jpeg_defect(const std::vector<unsigned char>& data) {
+  const std::size_t n = data.size();
+  if (n < 4 || data[0] != 0xFF || data[1] != 0xD8) return "no JPEG start-of-image marker";
+  std::size_t i = 2;
+  while (i < n) {
+    if (data[i] != 0xFF) return fmt::format("byte {} is not a marker", i);
+    while (i < n && data[i] == 0xFF) ++i;  // fill bytes
+    if (i >= n) break;
+    const unsigned char marker = data[i++];
+    if (marker == 0xD9) return std::nullopt;  // EOI
+    if (marker == 0x01 || (marker >= 0xD0 && marker <= 0xD7)) continue;  // TEM, RSTn: no length
+    if (i + 2 > n) break;
+    const std::size_t length = (std::size_t{data[i]} << 8) | data[i + 1];
+    if (length < 2) return fmt::format("marker 0x{:02X} has a length of {}", marker, length);
+    i += length;
+    if (marker != 0xDA) continue;
+    while (i + 1 < n && !(data[i] == 0xFF && data[i + 1] != 0x00 && !(data[i + 1] >= 0xD0 && data[i + 1] <= 0xD7))) ++i;
+    if (i + 1 >= n) break;
+  }
+  return "truncated: the file ends before the JPEG end-of-image marker";
+}
+
+bool is_jpeg(const std::vector<unsigned char>& data) { return data.size() >= 2 && data[0] == 0xFF && data[1] == 0xD8; }
+
 }  // namespace
 
 cv::Mat to_bgr8(const cv::Mat& image, std::string_view what) {
@@ -38,7 +71,17 @@ cv::Mat to_bgr8(const cv::Mat& image, std::string_view what) {
   switch (image.depth()) {
     case CV_8U: eight = image; break;
     case CV_16U: image.convertTo(eight, CV_8U, 1.0 / 257.0); break;
-    case CV_32F: image.convertTo(eight, CV_8U, 255.0); break;  // saturates outside [0, 1]
+    case CV_32F: {
+      // Values outside [0, 1] are almost always 0-255 floats: saturating them would give a white image.
+      if (!cv::checkRange(image)) fail_argument("{} is float32 with NaN or infinite values", what);
+      double low = 0, high = 0;
+      cv::minMaxIdx(image.reshape(1), &low, &high);
+      if (!(low >= 0.0 && high <= 1.0))
+        fail_argument("{} is float32 with values in [{}, {}]; float images must hold finite values in [0, 1] (divide 0-255 data by 255)",
+                      what, low, high);
+      image.convertTo(eight, CV_8U, 255.0);
+      break;
+    }
     default:
       fail_argument("{} has pixel type {}; uint8, uint16 and float32 (0 to 1) are supported", what, depth_name(image.depth()));
   }
@@ -51,8 +94,14 @@ cv::Mat to_bgr8(const cv::Mat& image, std::string_view what) {
 cv::Mat read_image(const std::string& path) {
   std::error_code ec;
   if (!std::filesystem::is_regular_file(path, ec)) throw std::runtime_error("cannot read image '" + path + "': no such file");
-  const cv::Mat raw = cv::imread(path, cv::IMREAD_UNCHANGED);
-  if (raw.empty()) throw std::runtime_error("cannot read image '" + path + "': not an image OpenCV can decode");
+  std::ifstream file(path, std::ios::binary);
+  const std::vector<unsigned char> data((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
+  if (!file.eof() && file.fail()) throw std::runtime_error("cannot read image '" + path + "': the file cannot be read");
+  if (data.empty()) throw std::runtime_error("cannot read image '" + path + "': the file is empty");
+  if (is_jpeg(data))
+    if (const auto defect = jpeg_defect(data)) throw std::runtime_error("cannot read image '" + path + "': damaged JPEG, " + *defect);
+  const cv::Mat raw = cv::imdecode(data, cv::IMREAD_UNCHANGED);
+  if (raw.empty()) throw std::runtime_error("cannot read image '" + path + "': not an image OpenCV can decode, or damaged");
   try {
     return to_bgr8(raw, path);
   } catch (const std::invalid_argument& e) {

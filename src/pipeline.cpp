@@ -2,8 +2,11 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
+
+#include <fmt/ranges.h>
 
 #include <nlohmann/json.hpp>
 
@@ -38,6 +41,12 @@ Pipeline::Pipeline(std::shared_ptr<const Tiler> tiler, std::shared_ptr<const Det
   if (!tiler_) fail_argument("Pipeline needs a tiler, got none");
   if (!detector_) fail_argument("Pipeline needs a detector, got none");
   detail::check_unit_interval(options_.merge.match_threshold, "merge.match_threshold");
+  if (classifier_) {  // a label the detector never gives would silently classify nothing
+    const std::vector<std::string> labels = detector_->labels();
+    for (const std::string& wanted : options_.classify_labels)
+      if (std::find(labels.begin(), labels.end(), wanted) == labels.end())
+        fail_argument("classify_labels: '{}' is not one of the detector's labels ({})", wanted, fmt::join(labels, ", "));
+  }
 }
 
 AnalysisResult Pipeline::analyze(const std::string& path) const { return analyze(read_image(path)); }
@@ -104,7 +113,30 @@ AnalysisResult Pipeline::analyze(const cv::Mat& input) const {
 }
 
 // --- configuration ---------------------------------------------------------------------------------
+std::string default_model_dir() {
+  if (const char* env = std::getenv("BLOODCV_MODELS"); env && *env) return env;
+  return BLOODCV_DEFAULT_MODEL_DIR;
+}
+
+PipelineConfig::PipelineConfig()
+    : detector((std::filesystem::path(default_model_dir()) / kDefaultDetectorFile).string()),
+      classifier((std::filesystem::path(default_model_dir()) / kDefaultClassifierFile).string()) {}
+
+namespace {
+
+// A misspelt key would otherwise be ignored and its default used without a word.
+void check_keys(const nlohmann::json& object, std::initializer_list<const char*> known, const std::string& where) {
+  for (const auto& item : object.items()) {
+    if (std::none_of(known.begin(), known.end(), [&](const char* k) { return item.key() == k; }))
+      throw std::runtime_error(fmt::format("unknown key '{}{}' (known: {})", where, item.key(), fmt::join(known, ", ")));
+  }
+}
+
+}  // namespace
+
 PipelineConfig load_pipeline_config(const std::string& path) {
+  std::error_code ec;
+  if (!std::filesystem::is_regular_file(path, ec)) throw std::runtime_error(fmt::format("cannot open config file '{}': no such file", path));
   std::ifstream in(path);
   if (!in) throw std::runtime_error(fmt::format("cannot open config file '{}'", path));
   PipelineConfig c;
@@ -113,6 +145,9 @@ PipelineConfig load_pipeline_config(const std::string& path) {
   try {
     const nlohmann::json j = nlohmann::json::parse(in);
     if (!j.is_object()) throw std::runtime_error("the top level must be an object");
+    check_keys(j, {"detector", "classifier", "tile", "overlap", "whole_image", "classify_labels", "device", "half", "batch_size",
+                   "score_threshold", "merge"}, "");
+    if (j.contains("classifier") && j.at("classifier").is_null()) c.classifier.reset();
     if (j.contains("detector")) c.detector = resolve(j.at("detector").get<std::string>());
     if (j.contains("classifier") && !j.at("classifier").is_null()) c.classifier = resolve(j.at("classifier").get<std::string>());
     if (j.contains("tile")) {
@@ -129,6 +164,8 @@ PipelineConfig load_pipeline_config(const std::string& path) {
     if (j.contains("score_threshold") && !j.at("score_threshold").is_null()) c.score_threshold = j.at("score_threshold").get<float>();
     if (j.contains("merge")) {
       const auto& m = j.at("merge");
+      if (!m.is_object()) throw std::runtime_error("merge must be an object");
+      check_keys(m, {"match_threshold", "metric", "class_aware"}, "merge.");
       c.merge.match_threshold = m.value("match_threshold", c.merge.match_threshold);
       c.merge.metric = parse_box_metric(m.value("metric", std::string(to_string(c.merge.metric))));
       c.merge.class_aware = m.value("class_aware", c.merge.class_aware);
@@ -141,6 +178,7 @@ PipelineConfig load_pipeline_config(const std::string& path) {
 
 Pipeline make_pipeline(const PipelineConfig& config) {
   if (config.detector.empty()) fail_argument("no detector model given");
+  if (config.score_threshold) detail::check_unit_interval(*config.score_threshold, "score_threshold");
   TorchScriptDetectorOptions detector_options;
   detector_options.runtime = config.runtime;
   detector_options.score_threshold = config.score_threshold;

@@ -1,5 +1,6 @@
 #include "bloodcv/report.hpp"
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 
@@ -41,27 +42,73 @@ void write_text(const fs::path& path, const std::string& text) {
 
 }  // namespace
 
+namespace {
+
+double overlap_area(const cv::Rect& a, const std::vector<cv::Rect>& placed) {
+  double area = 0;
+  for (const cv::Rect& p : placed) area += (a & p).area();
+  return area;
+}
+
+// Where a label of `size` goes near `box`: above it, below it, inside its top, then the same at its right
+// edge, each shifted into the image; the first that covers no label placed so far, else the least covered.
+cv::Rect place_label(const cv::Rect& box, cv::Size size, cv::Size image, const std::vector<cv::Rect>& placed) {
+  const cv::Point candidates[] = {{box.x, box.y - size.height},   {box.x, box.y + box.height},
+                                  {box.x, box.y},                 {box.x + box.width - size.width, box.y - size.height},
+                                  {box.x + box.width - size.width, box.y + box.height}};
+  cv::Rect best;
+  double best_overlap = -1;
+  for (const cv::Point& c : candidates) {
+    const cv::Rect r(std::clamp(c.x, 0, std::max(0, image.width - size.width)), std::clamp(c.y, 0, std::max(0, image.height - size.height)),
+                     size.width, size.height);
+    const double covered = overlap_area(r, placed);
+    if (best_overlap < 0 || covered < best_overlap) {
+      best = r;
+      best_overlap = covered;
+    }
+    if (covered == 0) break;
+  }
+  return best;
+}
+
+}  // namespace
+
 cv::Mat draw_overlay(const cv::Mat& image, const AnalysisResult& result) {
+  if (!result.image_size.empty() && image.size() != result.image_size)
+    throw std::invalid_argument(fmt::format("the image is {}x{}, but the result is of a {}x{} image", image.cols, image.rows,
+                                            result.image_size.width, result.image_size.height));
   cv::Mat overlay = to_bgr8(image, "image").clone();
   const int thickness = std::max(1, std::min(overlay.cols, overlay.rows) / 400);
   const double font = std::max(0.4, std::min(overlay.cols, overlay.rows) / 1200.0);
-  for (const Cell& cell : result.cells) {
-    const Box& b = cell.detection.box;
-    const bool typed = cell.type.has_value();
-    const std::size_t colour_index = typed ? result.detector_labels.size() + static_cast<std::size_t>(cell.type->label)
-                                           : static_cast<std::size_t>(cell.detection.label);
-    const cv::Scalar colour = palette(colour_index);
-    const cv::Point p1(static_cast<int>(b.x1), static_cast<int>(b.y1)), p2(static_cast<int>(b.x2), static_cast<int>(b.y2));
-    cv::rectangle(overlay, p1, p2, colour, typed ? thickness + 1 : thickness);
-    if (typed || result.cells.size() < 400) {  // on crowded slides only typed cells get text
-      const std::string text = typed ? fmt::format("{} {:.2f}", cell.type_label, cell.type->score)
-                                     : fmt::format("{} {:.2f}", cell.label, cell.detection.score);
-      int baseline = 0;
-      const cv::Size size = cv::getTextSize(text, cv::FONT_HERSHEY_SIMPLEX, font, 1, &baseline);
-      const cv::Point origin(p1.x, std::max(size.height + 2, p1.y - 2));
-      cv::rectangle(overlay, origin + cv::Point(0, baseline), origin + cv::Point(size.width, -size.height - 2), colour, cv::FILLED);
-      cv::putText(overlay, text, origin, cv::FONT_HERSHEY_SIMPLEX, font, cv::Scalar(255, 255, 255), 1, cv::LINE_AA);
-    }
+  auto colour_of = [&](const Cell& cell) {
+    return palette(cell.type ? result.detector_labels.size() + static_cast<std::size_t>(cell.type->label)
+                             : static_cast<std::size_t>(cell.detection.label));
+  };
+  auto rect_of = [](const Box& b) {
+    return cv::Rect(cv::Point(static_cast<int>(b.x1), static_cast<int>(b.y1)), cv::Point(static_cast<int>(b.x2), static_cast<int>(b.y2)));
+  };
+  for (const Cell& cell : result.cells) cv::rectangle(overlay, rect_of(cell.detection.box), colour_of(cell), cell.type ? thickness + 1 : thickness);
+
+  // Labels after all boxes, typed cells first so that theirs get the free places; on crowded slides only
+  // typed cells get text.
+  std::vector<const Cell*> labelled;
+  for (const Cell& cell : result.cells)
+    if (cell.type) labelled.push_back(&cell);
+  if (result.cells.size() < 400)
+    for (const Cell& cell : result.cells)
+      if (!cell.type) labelled.push_back(&cell);
+  std::vector<cv::Rect> placed;
+  for (const Cell* cell : labelled) {
+    const std::string text = cell->type ? fmt::format("{} {:.2f}", cell->type_label, cell->type->score)
+                                        : fmt::format("{} {:.2f}", cell->label, cell->detection.score);
+    int baseline = 0;
+    const cv::Size text_size = cv::getTextSize(text, cv::FONT_HERSHEY_SIMPLEX, font, 1, &baseline);
+    const cv::Size label_size(text_size.width + 2, text_size.height + baseline + 2);
+    const cv::Rect where = place_label(rect_of(cell->detection.box), label_size, overlay.size(), placed);
+    placed.push_back(where);
+    cv::rectangle(overlay, where, colour_of(*cell), cv::FILLED);
+    cv::putText(overlay, text, where.tl() + cv::Point(1, text_size.height + 1), cv::FONT_HERSHEY_SIMPLEX, font, cv::Scalar(255, 255, 255), 1,
+                cv::LINE_AA);
   }
   return overlay;
 }

@@ -73,6 +73,13 @@ std::vector<Tile> GridTiler::tiles(const cv::Mat& image) const {
   if (image.dims != 2) fail_argument("image must be 2-D (rows x cols x channels), got {} dimensions", image.dims);
   std::vector<Tile> tiles = plan(image.size());
   const cv::Size t = options_.tile_size;
+  // Padding keeps a small image at the detector's scale; a tile far larger than the image would only
+  // fill memory with padding (a 100000-pixel tile on a 640x480 image asks for 30 GB).
+  const bool padded = t.width > image.cols || t.height > image.rows;
+  if (padded && static_cast<long long>(t.width) * t.height > kMaxPaddedTilePixels)
+    fail_argument("tile_size {}x{} is larger than the {}x{} image and would pad it to {} pixels (at most {}): use a tile size near the "
+                  "detector's tile_size()",
+                  t.width, t.height, image.cols, image.rows, static_cast<long long>(t.width) * t.height, kMaxPaddedTilePixels);
   for (Tile& tile : tiles) {
     tile.image = image(tile.region);
     const int pad_right = t.width - tile.region.width, pad_bottom = t.height - tile.region.height;
@@ -94,6 +101,7 @@ std::vector<Detection> to_image_coordinates(std::vector<Detection> detections, c
     const Box shifted{d.box.x1 + static_cast<float>(r.x), d.box.y1 + static_cast<float>(r.y), d.box.x2 + static_cast<float>(r.x),
                       d.box.y2 + static_cast<float>(r.y)};
     d.box = clip_box(shifted, static_cast<float>(image_size.width), static_cast<float>(image_size.height));
+    if (d.box.width() <= 0.f || d.box.height() <= 0.f) continue;  // outside the image: nothing to count or crop
     out.push_back(std::move(d));
   }
   return out;

@@ -258,6 +258,8 @@ struct TorchScriptDetector::Impl {
 
 TorchScriptDetector::TorchScriptDetector(const std::string& path, TorchScriptDetectorOptions options)
     : impl_(std::make_unique<Impl>()) {
+  if (options.score_threshold) detail::check_unit_interval(*options.score_threshold, "score_threshold");
+  if (options.nms_iou_threshold) detail::check_unit_interval(*options.nms_iou_threshold, "nms_iou_threshold");
   impl_->model = load_model(path, options.runtime, "detection");
   impl_->decoder = make_decoder(impl_->model, options);
   impl_->tile_size = impl_->model.input.size;
@@ -329,6 +331,12 @@ std::vector<Classification> TorchScriptClassifier::classify(const cv::Mat& image
   const LoadedModel& m = impl_->model;
   const cv::Mat bgr = to_bgr8(image, "image");
   validate_boxes(boxes, "boxes");
+  const Box frame{0.f, 0.f, static_cast<float>(bgr.cols), static_cast<float>(bgr.rows)};
+  for (std::size_t i = 0; i < boxes.size(); ++i) {
+    const Box& b = boxes[i];
+    if (!(b.width() > 0.f && b.height() > 0.f) || intersection(b, frame) <= 0.f)
+      detail::fail_argument("boxes[{}] = [{}, {}, {}, {}] has no area inside the {}x{} image", i, b.x1, b.y1, b.x2, b.y2, bgr.cols, bgr.rows);
+  }
   const auto classes = static_cast<std::int64_t>(m.labels.size());
   std::vector<Classification> results;
   results.reserve(boxes.size());
@@ -336,8 +344,9 @@ std::vector<Classification> TorchScriptClassifier::classify(const cv::Mat& image
     const std::size_t end = std::min(boxes.size(), start + static_cast<std::size_t>(m.batch_size));
     std::vector<cv::Mat> fitted;
     for (std::size_t i = start; i < end; ++i) {
-      // The box with context, at least 2 px; what lies outside the image is filled with the pad value.
-      const Box& b = boxes[i];
+      // The box (clipped to the image) with context, at least 1 px a side; what lies outside the image
+      // is filled with the pad value.
+      const Box b = clip_box(boxes[i], frame.x2, frame.y2);
       const float px = std::max(b.width() * impl_->crop_padding, 1.f), py = std::max(b.height() * impl_->crop_padding, 1.f);
       const cv::Rect wanted(cv::Point(static_cast<int>(std::floor(b.x1 - px)), static_cast<int>(std::floor(b.y1 - py))),
                             cv::Point(static_cast<int>(std::ceil(b.x2 + px)), static_cast<int>(std::ceil(b.y2 + py))));

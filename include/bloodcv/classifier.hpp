@@ -34,8 +34,9 @@ struct TorchScriptClassifierOptions {
   std::optional<float> crop_padding;  // overrides the model file's (fraction of the box size per side)
 };
 
-// Crops each box with context padding (outside the image: the model's pad value), resizes and
-// normalises as the model file says, runs batches, and takes the softmax of the logits.
+// Crops each box (clipped to the image) with context padding (outside the image: the model's pad value),
+// resizes and normalises as the model file says, runs batches, and takes the softmax of the logits.
+// A box with no area inside the image is an error (std::invalid_argument naming its index).
 // classify() may be called from several threads at once.
 class TorchScriptClassifier final : public Classifier {
  public:

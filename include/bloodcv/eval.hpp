@@ -50,9 +50,15 @@ GroundTruth read_voc(const std::string& path, std::vector<std::string> labels = 
 GroundTruth read_yolo(const std::string& labels_dir, const std::string& images_dir, std::vector<std::string> labels = {});
 // COCO instances JSON (images, annotations with bbox [x, y, w, h] and iscrowd, categories).
 GroundTruth read_coco(const std::string& path);
-// bloodcv analysis JSON (one file or a directory of them), or COCO results JSON with bloodcv's
-// coco_images.json beside it (image ids → file names, category ids → names).
+// Predictions, in any form bloodcv analyze writes them: its output directory (the analysis reports in it;
+// coco_results.json if it holds none), one analysis report, or COCO results JSON with bloodcv's
+// coco_images.json beside it (image ids → file names, category ids → names). All give the same detections.
 Predictions read_predictions(const std::string& path);
+
+// Image ids, one per line (a VOC ImageSets file); an extension is dropped.
+std::vector<std::string> read_image_ids(const std::string& path);
+// The ground truth of the named images only; a name the ground truth lacks is an error (it names them).
+GroundTruth select_images(GroundTruth truth, const std::vector<std::string>& names);
 
 // --- detection metrics -----------------------------------------------------------------------------
 struct AreaRange {
@@ -65,6 +71,7 @@ struct DetectionEvalOptions {
   std::vector<int> max_detections{1, 10, 100};  // a field of view can hold more than 100 red cells: raise the last
   std::vector<AreaRange> areas{{"all", 0, 1e10}, {"small", 0, 32 * 32}, {"medium", 32 * 32, 96 * 96}, {"large", 96 * 96, 1e10}};
   std::optional<float> count_score_threshold;  // unset: each class's F1-best confidence at IoU 0.5
+  bool predicted_images_only = false;  // score only the ground-truth images that the predictions cover
 };
 
 // Precision, recall and F1 at the confidence that maximises F1, and AP, at one IoU threshold.
@@ -88,14 +95,18 @@ struct DetectionReport {
   std::vector<ThresholdRow> by_iou;  // all classes together, ranked by score across classes
   std::vector<ClassDetectionMetrics> classes;
   double count_mae = 0;  // mean over classes of count_mae
-  int images = 0, predictions = 0;
-  DetectionEvalOptions options;
+  int images = 0, predictions = 0;      // ground-truth images scored; detections on them
+  int images_without_predictions = 0;   // scored images the predictions do not cover: every cell missed
+  std::vector<std::string> unmatched_prediction_images;  // predicted images not in the ground truth (ignored)
+  DetectionEvalOptions options;         // max_detections sorted ascending, as COCO expects
 
   double metric(const std::string& name) const;  // a COCO summary entry by name, e.g. "AP50"
 };
 
-// Images are matched by name; images without predictions have none. Prediction labels are matched to
-// ground-truth labels by name; a label the ground truth lacks is an error.
+// Images are matched by name; images without predictions have none (unless predicted_images_only).
+// Prediction labels are matched to ground-truth labels by name; a label the ground truth lacks is an
+// error, and so are predictions of which no image is in the ground truth. max_detections is used in
+// ascending order whatever the order given: AP is taken at the largest.
 DetectionReport evaluate_detections(const GroundTruth& truth, const Predictions& predictions, const DetectionEvalOptions& options = {});
 
 std::string to_markdown(const DetectionReport& report);

@@ -9,13 +9,13 @@
 namespace bloodcv {
 
 // Converts what microscopes and files give into 8-bit BGR: grayscale is replicated, BGRA drops alpha,
-// 16-bit is scaled by 1/257, float images are read as [0, 1]. Returns `image` itself (no copy) when it
+// 16-bit is scaled by 1/257, float32 images must hold values in [0, 1]. Returns `image` itself (no copy) when it
 // already is 8-bit BGR. Throws std::invalid_argument naming `what`, for empty images, 2 or more than 4
-// channels, or other depths (signed, 32-bit integer, double).
+// channels, other depths (signed, 32-bit integer, double), and float32 values outside [0, 1] or not finite.
 cv::Mat to_bgr8(const cv::Mat& image, std::string_view what = "image");
 
 // Reads any image file OpenCV decodes, at its own bit depth, then to_bgr8. Throws std::runtime_error
-// naming the path when the file is missing or does not decode.
+// naming the path when the file is missing, empty, damaged (a JPEG cut short) or does not decode.
 cv::Mat read_image(const std::string& path);
 
 }  // namespace bloodcv

@@ -52,7 +52,8 @@ struct PipelineOptions {
 class Pipeline {
  public:
   // `classifier` may be null (detection and counts only); `merger` null means seam merging with
-  // options.merge, otherwise all tiles' detections are pooled into that strategy.
+  // options.merge, otherwise all tiles' detections are pooled into that strategy. With a classifier,
+  // every options.classify_labels entry must be one of the detector's labels (std::invalid_argument).
   Pipeline(std::shared_ptr<const Tiler> tiler, std::shared_ptr<const Detector> detector,
            std::shared_ptr<const Classifier> classifier = nullptr, PipelineOptions options = {},
            std::shared_ptr<const Suppressor> merger = nullptr);
@@ -73,14 +74,21 @@ class Pipeline {
   std::shared_ptr<const Suppressor> merger_;
 };
 
+// Where the default models are: $BLOODCV_MODELS if set, else the models/ folder bloodcv was built from.
+std::string default_model_dir();
+inline constexpr const char* kDefaultDetectorFile = "cell_detector.pt";
+inline constexpr const char* kDefaultClassifierFile = "wbc_classifier.pt";
+
 // Everything a pipeline of bloodcv's own components needs, as the CLI and config files give it.
-// JSON (every key optional):
-//   {"detector": "models/cell_detector.pt", "classifier": "models/wbc_classifier.pt" or null,
-//    "tile": [640, 640], "overlap": 0.15, "whole_image": false, "classify_labels": ["WBC"],
-//    "device": "cpu", "half": false, "batch_size": 8, "score_threshold": null,
-//    "merge": {"match_threshold": 0.5, "metric": "iou"}}
+// JSON (every key optional; an absent key keeps the default shown, an unknown key is an error):
+//   {"detector": "cell_detector.pt in default_model_dir()",
+//    "classifier": "wbc_classifier.pt in default_model_dir()", or null for none,
+//    "tile": [640, 640] (default: the detector's tile_size()), "overlap": 0.15, "whole_image": false,
+//    "classify_labels": ["WBC"], "device": "cpu", "half": false, "batch_size": 8, "score_threshold": null,
+//    "merge": {"match_threshold": 0.5, "metric": "iou", "class_aware": true}}
 // Relative model paths are taken relative to the config file.
 struct PipelineConfig {
+  PipelineConfig();  // the default models
   std::string detector;
   std::optional<std::string> classifier;
   std::optional<cv::Size> tile;  // unset: the detector's tile_size()

@@ -20,7 +20,8 @@ inline constexpr const char* kReportSchema = "bloodcv.analysis";
 inline constexpr int kReportSchemaVersion = 1;
 
 // The image with every cell's box, coloured by type (or by detector label when not classified),
-// and its label and score.
+// and its label and score, placed inside the image and clear of other labels where there is room.
+// `image` must be the analysed image (its size is checked: std::invalid_argument).
 cv::Mat draw_overlay(const cv::Mat& image, const AnalysisResult& result);
 
 std::string to_json(const AnalysisResult& result, const std::string& image_path = "");

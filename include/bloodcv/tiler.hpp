@@ -39,9 +39,11 @@ struct GridTilerOptions {
 
 // A regular grid of full-size tiles. Steps are tile - overlap; the last tile of a row or column is
 // shifted inward to end at the image border, so no tile is cut short. An image smaller than a tile
-// along an axis gives one tile along it, padded on the right or bottom.
+// along an axis gives one tile along it, padded on the right or bottom (so the detector sees it at the
+// tile's scale); tiles() refuses to pad an image to more than kMaxPaddedTilePixels.
 class GridTiler final : public Tiler {
  public:
+  static constexpr long long kMaxPaddedTilePixels = 1LL << 26;  // 8192 x 8192
   explicit GridTiler(GridTilerOptions options = {});
   std::vector<Tile> plan(cv::Size image_size) const override;
   std::vector<Tile> tiles(const cv::Mat& image) const override;
@@ -54,7 +56,7 @@ class GridTiler final : public Tiler {
 };
 
 // Tile-local detections to image coordinates: shifted by the tile's offset, clipped to the image;
-// boxes that lie wholly in a tile's padding are dropped.
+// boxes that lie wholly in a tile's padding, or keep no area once clipped, are dropped.
 std::vector<Detection> to_image_coordinates(std::vector<Detection> detections, const Tile& tile, cv::Size image_size);
 
 // How detections of different tiles are recognised as the same cell. Both tiles saw the same pixels

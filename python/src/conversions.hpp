@@ -22,6 +22,19 @@ namespace py = pybind11;
 using FloatArray = py::array_t<float, py::array::c_style | py::array::forcecast>;
 using LabelArray = py::array_t<std::int64_t, py::array::c_style | py::array::forcecast>;
 
+// Any array-like (numpy, a torch tensor on any device, nested lists) as a C-contiguous numpy array of
+// float32 / int64: bloodcv._arrays.to_numpy does the torch part.
+inline FloatArray to_float_array(const py::handle& value) {
+  return py::cast<FloatArray>(py::module_::import("bloodcv._arrays").attr("to_numpy")(value, py::module_::import("numpy").attr("float32")));
+}
+inline LabelArray to_label_array(const py::handle& value) {
+  return py::cast<LabelArray>(py::module_::import("bloodcv._arrays").attr("to_numpy")(value, py::module_::import("numpy").attr("int64")));
+}
+// `result` as the kind of array `reference` is: a torch tensor on its device, or numpy.
+inline py::object like(const py::object& result, const py::handle& reference) {
+  return py::module_::import("bloodcv._arrays").attr("like")(result, reference);
+}
+
 inline std::string shape_of(const py::array& a) {
   std::string s = "(";
   for (py::ssize_t d = 0; d < a.ndim(); ++d) s += (d ? ", " : "") + std::to_string(a.shape(d));

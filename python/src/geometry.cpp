@@ -26,13 +26,17 @@ void bind_geometry(py::module_& m) {
         }
         return matrix_to_numpy(out);
       },
-      py::arg("boxes1"), py::arg("boxes2"), py::arg("metric"));
+      py::arg("boxes1"), py::arg("boxes2"), py::arg("metric"),
+      "Overlap of every pair: boxes1 (N, 4) and boxes2 (M, 4) float32 [x1, y1, x2, y2] in pixels; metric 'iou', 'ios', "
+      "'giou' or 'diou'. Returns a float32 (N, M) matrix. bloodcv.box_iou and its siblings wrap it for torch tensors.");
   m.def(
       "box_overlap_aligned",
       [](const FloatArray& a, const FloatArray& b, const std::string& metric) {
         return to_numpy(overlap_aligned(box_span(a, "boxes1"), box_span(b, "boxes2"), parse_box_metric(metric)));
       },
-      py::arg("boxes1"), py::arg("boxes2"), py::arg("metric"));
+      py::arg("boxes1"), py::arg("boxes2"), py::arg("metric"),
+      "Overlap of aligned pairs: boxes1 and boxes2 both (N, 4) float32 [x1, y1, x2, y2] in pixels; metric 'iou', 'ios', "
+      "'giou' or 'diou'. Returns float32 (N,): metric(boxes1[i], boxes2[i]).");
   m.def(
       "box_convert",
       [](const FloatArray& boxes, const std::string& in_fmt, const std::string& out_fmt) {
@@ -45,7 +49,9 @@ void bind_geometry(py::module_& m) {
         }
         return boxes_to_numpy(std::move(out));
       },
-      py::arg("boxes"), py::arg("in_fmt"), py::arg("out_fmt"));
+      py::arg("boxes"), py::arg("in_fmt"), py::arg("out_fmt"),
+      "Converts (N, 4) float32 boxes between 'xyxy' (corners), 'xywh' (top-left corner and size) and 'cxcywh' (centre "
+      "and size), all in pixels. Returns a new float32 (N, 4) array.");
   m.def(
       "clip_boxes_to_image",
       [](const FloatArray& boxes, std::pair<int, int> size) {
@@ -57,7 +63,9 @@ void bind_geometry(py::module_& m) {
           out[i] = clip_box(in[i], static_cast<float>(size.second), static_cast<float>(size.first));
         return boxes_to_numpy(std::move(out));
       },
-      py::arg("boxes"), py::arg("size"));
+      py::arg("boxes"), py::arg("size"),
+      "Clamps (N, 4) float32 [x1, y1, x2, y2] boxes to an image of size (height, width) in pixels: x to [0, width], "
+      "y to [0, height]. Returns a new float32 (N, 4) array.");
 
   // --- NMS family -----------------------------------------------------------------------------------
   m.def(
@@ -72,7 +80,10 @@ void bind_geometry(py::module_& m) {
         }
         return to_numpy(std::move(keep));
       },
-      py::arg("boxes"), py::arg("scores"), py::arg("iou_threshold"));
+      py::arg("boxes"), py::arg("scores"), py::arg("iou_threshold"),
+      "torchvision.ops.nms on numpy: boxes (N, 4) float32 [x1, y1, x2, y2] in pixels, scores (N,) float32; a box is "
+      "suppressed when its IoU with a kept, higher-scoring box is > iou_threshold (in [0, 1]). Returns the kept indices "
+      "(int64) by decreasing score, equal scores by lower index.");
   m.def(
       "batched_nms",
       [](const FloatArray& boxes, const FloatArray& scores, const LabelArray& idxs, double iou_threshold) {
@@ -86,10 +97,17 @@ void bind_geometry(py::module_& m) {
         }
         return to_numpy(std::move(keep));
       },
-      py::arg("boxes"), py::arg("scores"), py::arg("idxs"), py::arg("iou_threshold"));
+      py::arg("boxes"), py::arg("scores"), py::arg("idxs"), py::arg("iou_threshold"),
+      "torchvision.ops.batched_nms on numpy: nms within each category of idxs (N,) int64, never across them. Returns "
+      "the kept indices (int64) by decreasing score.");
 
-  py::class_<Suppressor, std::shared_ptr<Suppressor>>(m, "Suppressor",
-                                                      "An NMS strategy: call it with boxes, scores, labels and predicted IoUs.")
+  py::class_<Suppressor, std::shared_ptr<Suppressor>>(
+      m, "Suppressor",
+      "Base class of the NMS family: HardNms, SoftNms, IouAwareNms, WeightedBoxFusion and NonMaxMerge. Call a strategy as "
+      "strategy(boxes, scores, labels=None, predicted_ious=None) with boxes (N, 4) [x1, y1, x2, y2] in pixels, scores (N,), "
+      "labels (N,) int and predicted IoUs (N,) in [0, 1], as numpy arrays or torch tensors; it returns "
+      "Suppression(keep, boxes, scores). Every strategy ranks boxes by score, highest first, equal scores by lower index. "
+      "A Pipeline or merge_tile_detections takes any strategy as its merger. Not constructible itself.")
       .def(
           "suppress",
           [](const Suppressor& self, const FloatArray& boxes, const FloatArray& scores, const std::optional<LabelArray>& labels,
@@ -105,18 +123,37 @@ void bind_geometry(py::module_& m) {
             return py::make_tuple(to_numpy(std::move(s.keep)), boxes_to_numpy(std::move(s.boxes)), to_numpy(std::move(s.scores)));
           },
           py::arg("boxes"), py::arg("scores"), py::arg("labels") = py::none(), py::arg("predicted_ious") = py::none(),
-          "Returns (keep, boxes, scores): kept indices in rank order, their output boxes and scores.");
+          "Runs the strategy on numpy arrays (calling the strategy does the same and takes torch tensors too). "
+          "boxes: float32 (N, 4) [x1, y1, x2, y2] in pixels. scores: float32 (N,). labels: int64 (N,), or None when all "
+          "boxes are of one class. predicted_ious: float32 (N,) in [0, 1], or None when the detector predicts none. "
+          "Returns a tuple (keep, boxes, scores): the kept input indices (int64 (K,)) in rank order, their output boxes "
+          "(float32 (K, 4), merged where the strategy merges) and scores (float32 (K,), rescored where it rescores). "
+          "Raises ValueError on mismatched lengths, non-finite or inverted boxes, NaN scores or predicted IoUs outside [0, 1].");
 
-  py::class_<HardNms, Suppressor, std::shared_ptr<HardNms>>(m, "HardNms")
+  py::class_<HardNms, Suppressor, std::shared_ptr<HardNms>>(
+      m, "HardNms",
+      "Greedy (hard) NMS: in decreasing score, a box is kept unless a kept box overlaps it by more than iou_threshold. "
+      "Output boxes and scores are the input's. With the defaults it keeps what torchvision's batched_nms keeps (nms when "
+      "no labels are given).")
       .def(py::init([](double iou_threshold, const std::string& metric, bool class_aware, float score_threshold,
                        std::int64_t max_detections) {
              return std::make_shared<HardNms>(
                  HardNmsOptions{iou_threshold, parse_box_metric(metric), class_aware, score_threshold, max_detections});
            }),
            py::arg("iou_threshold") = 0.5, py::arg("metric") = "iou", py::arg("class_aware") = true,
-           py::arg("score_threshold") = -std::numeric_limits<float>::infinity(), py::arg("max_detections") = kNoLimit);
+           py::arg("score_threshold") = -std::numeric_limits<float>::infinity(), py::arg("max_detections") = kNoLimit,
+           "iou_threshold: a box is suppressed when its overlap with a kept box is > this, in [0, 1] (default 0.5).\n"
+           "metric: the overlap: 'iou' (default), 'ios' (intersection over the smaller box, for boxes cut by tile seams), "
+           "'giou', or 'diou' (DIoU-NMS).\n"
+           "class_aware: boxes of different labels never suppress each other (default True); without labels all are one class.\n"
+           "score_threshold: boxes scoring below this are dropped first (default -inf: none).\n"
+           "max_detections: keep at most this many boxes, -1 for no limit (default).");
 
-  py::class_<SoftNms, Suppressor, std::shared_ptr<SoftNms>>(m, "SoftNms")
+  py::class_<SoftNms, Suppressor, std::shared_ptr<SoftNms>>(
+      m, "SoftNms",
+      "Soft-NMS (Bodla et al. 2017): in decreasing score, each kept box lowers the scores of the boxes it overlaps (by IoU) "
+      "instead of removing them; a box whose score falls below score_threshold is dropped. Output boxes are the input's, "
+      "scores the decayed ones, kept in decreasing decayed score.")
       .def(py::init([](const std::string& method, double iou_threshold, float sigma, float score_threshold, bool class_aware,
                        std::int64_t max_detections) {
              SoftNmsMethod kind;
@@ -129,48 +166,110 @@ void bind_geometry(py::module_& m) {
              return std::make_shared<SoftNms>(SoftNmsOptions{kind, iou_threshold, sigma, score_threshold, class_aware, max_detections});
            }),
            py::arg("method") = "gaussian", py::arg("iou_threshold") = 0.3, py::arg("sigma") = 0.5f,
-           py::arg("score_threshold") = 0.001f, py::arg("class_aware") = true, py::arg("max_detections") = kNoLimit);
+           py::arg("score_threshold") = 0.001f, py::arg("class_aware") = true, py::arg("max_detections") = kNoLimit,
+           "method: 'gaussian' (default): scores are multiplied by exp(-IoU^2 / sigma); 'linear': by (1 - IoU) where "
+           "IoU > iou_threshold.\n"
+           "iou_threshold: in [0, 1], used by 'linear' only (default 0.3).\n"
+           "sigma: > 0, used by 'gaussian' only (default 0.5); smaller decays faster.\n"
+           "score_threshold: finite; boxes scoring below this, at the start or after decay, are dropped (default 0.001).\n"
+           "class_aware: only boxes of the same label decay each other (default True).\n"
+           "max_detections: keep at most this many boxes, -1 for no limit (default).");
 
-  py::class_<IouAwareNms, Suppressor, std::shared_ptr<IouAwareNms>>(m, "IouAwareNms")
+  py::class_<IouAwareNms, Suppressor, std::shared_ptr<IouAwareNms>>(
+      m, "IouAwareNms",
+      "IoU-aware NMS (as in IoU-aware RetinaNet): boxes are ranked by score^(1 - alpha) * predicted_iou^alpha, then hard NMS "
+      "by IoU runs on that ranking. Needs predicted_ious (one per box, in [0, 1]) and scores >= 0 (probabilities); the "
+      "output scores are the ranking scores, the output boxes the input's.")
       .def(py::init([](float alpha, double iou_threshold, bool class_aware, float score_threshold, std::int64_t max_detections) {
              return std::make_shared<IouAwareNms>(IouAwareNmsOptions{
                  alpha, HardNmsOptions{iou_threshold, BoxMetric::IoU, class_aware, score_threshold, max_detections}});
            }),
            py::arg("alpha") = 0.5f, py::arg("iou_threshold") = 0.5, py::arg("class_aware") = true,
-           py::arg("score_threshold") = -std::numeric_limits<float>::infinity(), py::arg("max_detections") = kNoLimit);
+           py::arg("score_threshold") = -std::numeric_limits<float>::infinity(), py::arg("max_detections") = kNoLimit,
+           "alpha: the weight of the predicted IoU in the ranking, in [0, 1] (default 0.5; 0 ranks by score alone).\n"
+           "iou_threshold: a box is suppressed when its IoU with a kept box is > this, in [0, 1] (default 0.5).\n"
+           "class_aware: boxes of different labels never suppress each other (default True).\n"
+           "score_threshold: boxes whose ranking score is below this are dropped (default -inf: none).\n"
+           "max_detections: keep at most this many boxes, -1 for no limit (default).");
 
-  py::class_<WeightedBoxFusion, Suppressor, std::shared_ptr<WeightedBoxFusion>>(m, "WeightedBoxFusion")
+  py::class_<WeightedBoxFusion, Suppressor, std::shared_ptr<WeightedBoxFusion>>(
+      m, "WeightedBoxFusion",
+      "Weighted boxes fusion (Solovyev et al. 2021), for pooled predictions of several models or passes: in decreasing "
+      "score, each box joins the cluster of its label whose fused box it overlaps most (IoU > iou_threshold), or starts one. "
+      "A fused box is the score-weighted mean of its members; its score the mean member score times "
+      "min(members, num_models) / num_models. keep holds each cluster's top-scoring member, clusters by decreasing fused "
+      "score. Always class-aware; scores must be >= 0.")
       .def(py::init([](double iou_threshold, double skip_box_threshold, int num_models) {
              return std::make_shared<WeightedBoxFusion>(WeightedBoxFusionOptions{iou_threshold, skip_box_threshold, num_models});
            }),
-           py::arg("iou_threshold") = 0.55, py::arg("skip_box_threshold") = 0.0, py::arg("num_models") = 1);
+           py::arg("iou_threshold") = 0.55, py::arg("skip_box_threshold") = 0.0, py::arg("num_models") = 1,
+           "iou_threshold: a box joins a cluster when its IoU with the fused box is > this, in [0, 1] (default 0.55).\n"
+           "skip_box_threshold: boxes scoring below this take no part, in [0, 1] (default 0).\n"
+           "num_models: how many models' (or passes') predictions were pooled, >= 1 (default 1); a cluster found by fewer "
+           "loses score in proportion.");
 
-  py::class_<NonMaxMerge, Suppressor, std::shared_ptr<NonMaxMerge>>(m, "NonMaxMerge")
+  py::class_<NonMaxMerge, Suppressor, std::shared_ptr<NonMaxMerge>>(
+      m, "NonMaxMerge",
+      "Non-max merging (as SAHI's NMM): boxes that match are merged into the enclosing box of their group instead of being "
+      "dropped; the group keeps the index and score of its top-ranked member. Greedy: a group is a box that hard NMS keeps "
+      "and the boxes it suppressed, each joining the highest-ranked kept box it matches. Not greedy: groups are the "
+      "connected components of the match relation, so chains of boxes merge too.")
       .def(py::init([](double match_threshold, const std::string& metric, bool greedy, bool class_aware) {
              return std::make_shared<NonMaxMerge>(NonMaxMergeOptions{match_threshold, parse_box_metric(metric), greedy, class_aware});
            }),
-           py::arg("match_threshold") = 0.5, py::arg("metric") = "ios", py::arg("greedy") = true, py::arg("class_aware") = true);
+           py::arg("match_threshold") = 0.5, py::arg("metric") = "ios", py::arg("greedy") = true, py::arg("class_aware") = true,
+           "match_threshold: two boxes match when their overlap is > this, in [0, 1] (default 0.5).\n"
+           "metric: the overlap: 'ios' (default: intersection over the smaller box, high for a seam-cut piece inside its whole "
+           "box), 'iou', 'giou' or 'diou'.\n"
+           "greedy: groups as hard NMS forms them (default True), else connected components.\n"
+           "class_aware: only boxes of the same label merge (default True).");
 
   // --- tiling ---------------------------------------------------------------------------------------
-  py::class_<PyTile>(m, "Tile", "A tile: its region (x, y, width, height) in the image and its pixels.")
-      .def_property_readonly("x", [](const PyTile& t) { return t.tile.region.x; })
-      .def_property_readonly("y", [](const PyTile& t) { return t.tile.region.y; })
-      .def_property_readonly("width", [](const PyTile& t) { return t.tile.region.width; })
-      .def_property_readonly("height", [](const PyTile& t) { return t.tile.region.height; })
-      .def_property_readonly("region", [](const PyTile& t) {
-        const cv::Rect& r = t.tile.region;
-        return py::make_tuple(r.x, r.y, r.width, r.height);
-      })
-      .def_property_readonly("whole_image", [](const PyTile& t) { return t.tile.whole_image; })
-      .def_readonly("image", &PyTile::image)
+  py::class_<PyTile>(m, "Tile",
+                     "One tile of an image, from GridTiler.plan() or GridTiler.tiles(): the region of the image it covers, "
+                     "in image pixels, and (from tiles()) its pixels. Detections made on the tile are in tile pixels: add "
+                     "(x, y) to map them to the image, or pass the tiles to merge_tile_detections.")
+      .def_property_readonly(
+          "x", [](const PyTile& t) { return t.tile.region.x; }, "Left edge of the region in the image, in pixels.")
+      .def_property_readonly(
+          "y", [](const PyTile& t) { return t.tile.region.y; }, "Top edge of the region in the image, in pixels.")
+      .def_property_readonly(
+          "width", [](const PyTile& t) { return t.tile.region.width; },
+          "Width of the region in pixels: the tile width, or the image width for the whole-image tile and where the image "
+          "is narrower than a tile.")
+      .def_property_readonly(
+          "height", [](const PyTile& t) { return t.tile.region.height; },
+          "Height of the region in pixels: the tile height, or the image height for the whole-image tile and where the "
+          "image is lower than a tile.")
+      .def_property_readonly(
+          "region",
+          [](const PyTile& t) {
+            const cv::Rect& r = t.tile.region;
+            return py::make_tuple(r.x, r.y, r.width, r.height);
+          },
+          "The region as (x, y, width, height) in image pixels.")
+      .def_property_readonly(
+          "whole_image", [](const PyTile& t) { return t.tile.whole_image; },
+          "True for the extra tile covering the whole image (GridTiler(whole_image=True)), False for a grid cell.")
+      .def_readonly("image", &PyTile::image,
+                    "The tile's pixels, a numpy array (H, W[, C]) of the image's dtype: a view of the image, or a copy padded "
+                    "to the tile size where the image is smaller than a tile. None for tiles from plan().")
       .def("__repr__", [](const PyTile& t) {
         const cv::Rect& r = t.tile.region;
         return fmt::format("Tile(x={}, y={}, width={}, height={}{})", r.x, r.y, r.width, r.height,
                            t.tile.whole_image ? ", whole_image=True" : "");
       });
 
-  py::class_<Tiler, std::shared_ptr<Tiler>>(m, "Tiler", "Cuts images into tiles (GridTiler).");
-  py::class_<GridTiler, Tiler, std::shared_ptr<GridTiler>>(m, "GridTiler")
+  py::class_<Tiler, std::shared_ptr<Tiler>>(
+      m, "Tiler",
+      "Base class of tilers, which cut an image larger than a detector's input into tiles that it detects at full "
+      "resolution. GridTiler is the one bloodcv provides; Pipeline(tiler=...) takes any. Not constructible itself.");
+  py::class_<GridTiler, Tiler, std::shared_ptr<GridTiler>>(
+      m, "GridTiler",
+      "A regular grid of full-size, overlapping tiles (YOLT / SAHI style). Steps are the tile size minus the overlap; the "
+      "last tile of a row or column is shifted inward to end at the image border, so no tile is cut short. An image smaller "
+      "than a tile along an axis gives one tile along it, padded on the right or bottom with pad_value, so that the "
+      "detector sees it at the tile's scale.")
       .def(py::init([](std::pair<int, int> tile_size, double overlap, std::optional<int> overlap_pixels, bool whole_image,
                        double pad_value) {
              GridTilerOptions o;
@@ -182,8 +281,19 @@ void bind_geometry(py::module_& m) {
              return GridTiler(o);
            }),
            py::arg("tile_size") = std::make_pair(640, 640), py::arg("overlap") = 0.15, py::arg("overlap_pixels") = py::none(),
-           py::arg("whole_image") = false, py::arg("pad_value") = 114.0)
-      .def_property_readonly("overlap_pixels", [](const GridTiler& t) { return py::make_tuple(t.overlap().width, t.overlap().height); })
+           py::arg("whole_image") = false, py::arg("pad_value") = 114.0,
+           "tile_size: (width, height) of a tile in pixels, both > 0 (default (640, 640)); use the detector's tile_size().\n"
+           "overlap: the overlap of neighbouring tiles as a fraction of the tile size, in [0, 1) (default 0.15), rounded "
+           "down to whole pixels on each axis.\n"
+           "overlap_pixels: the overlap in pixels on both axes instead, in [0, min(tile_size)) (default None: use overlap).\n"
+           "whole_image: add one more tile covering the whole image, as SAHI's standard pass, when the grid has more than "
+           "one tile (default False).\n"
+           "pad_value: the value that fills every channel of the padding of tiles larger than the image (default 114, "
+           "YOLO's letterbox grey).\n"
+           "Raises ValueError on a tile size or overlap out of range.")
+      .def_property_readonly(
+          "overlap_pixels", [](const GridTiler& t) { return py::make_tuple(t.overlap().width, t.overlap().height); },
+          "The overlap of neighbouring tiles in pixels, as (along x, along y).")
       .def(
           "plan",
           [](const GridTiler& self, std::pair<int, int> image_size) {
@@ -191,7 +301,9 @@ void bind_geometry(py::module_& m) {
             for (Tile& t : self.plan({image_size.first, image_size.second})) out.push_back({std::move(t), py::none()});
             return out;
           },
-          py::arg("image_size"), "Regions for an image of (width, height), without pixels.")
+          py::arg("image_size"),
+          "The tiles for an image of image_size (width, height) in pixels, without pixels (Tile.image is None): a list of "
+          "Tile, row by row, the whole-image tile last. Raises ValueError unless both sizes are > 0.")
       .def(
           "tiles",
           [](const GridTiler& self, const py::array& image) {
@@ -203,7 +315,11 @@ void bind_geometry(py::module_& m) {
             }
             return out;
           },
-          py::arg("image"), "Tiles of an (H, W) or (H, W, C) image: numpy views of it, padded copies where it is smaller.");
+          py::arg("image"),
+          "Cuts image, a numpy array (H, W) or (H, W, C) with 1 to 4 channels, of uint8, uint16 or float32, pixels "
+          "contiguous within rows. Returns a list of Tile, row by row (the whole-image tile last), whose image is a view "
+          "of the input, or a copy padded to the tile size where the image is smaller than a tile. Raises ValueError on an "
+          "empty or unsupported image, or when padding would make a tile larger than 8192 x 8192 pixels.");
 
   m.def(
       "merge_tile_detections",
@@ -227,7 +343,11 @@ void bind_geometry(py::module_& m) {
       },
       py::arg("tiles"), py::arg("boxes"), py::arg("scores"), py::arg("labels") = py::none(), py::arg("image_size"),
       py::arg("merger") = py::none(), py::arg("match_threshold") = 0.5, py::arg("metric") = "iou",
-      py::arg("class_aware") = true);
+      py::arg("class_aware") = true,
+      "Tile-local detections (one float32 (N, 4) boxes and (N,) scores[, int64 labels] array per tile, in the order of "
+      "tiles) to one set in image coordinates, seam duplicates merged. image_size is (width, height) in pixels. Returns a "
+      "dict of numpy 'boxes', 'scores' and 'labels' by decreasing score. bloodcv.merge_tile_detections wraps it for torch "
+      "tensors; see its help for the options.");
 }
 
 }  // namespace bloodcv::python

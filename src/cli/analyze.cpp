@@ -1,12 +1,13 @@
 // bloodcv analyze: every cell found, white cells typed, counts and the differential, per image, with
 // an overlay, JSON, CSV and COCO results for each, and a summary over all images.
 #include <algorithm>
-#include <cstdlib>
 #include <filesystem>
 #include <iostream>
+#include <set>
 #include <sstream>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
 
 #include "bloodcv/bloodcv.hpp"
@@ -29,57 +30,61 @@ struct AnalyzeCommand {
   bool whole_image = false;
 };
 
-// Where the default models are: $BLOODCV_MODELS, else the repository's models/ (fixed at build time).
-fs::path default_model_dir() {
-  if (const char* env = std::getenv("BLOODCV_MODELS")) return env;
-  return BLOODCV_DEFAULT_MODEL_DIR;
-}
-
-const char* kDefaultDetector = "cell_detector.pt";
-const char* kDefaultClassifier = "wbc_classifier.pt";
+// The file types OpenCV decodes (imgcodecs), as a directory is searched for images.
+const char* const kImageExtensions[] = {".jpg", ".jpeg", ".jpe", ".png", ".tif", ".tiff", ".bmp", ".dib", ".webp",
+                                        ".jp2", ".pbm", ".pgm", ".ppm", ".pnm", ".pxm", ".sr", ".ras", ".exr", ".hdr", ".pic"};
 
 bool is_image_file(const fs::path& p) {
   std::string ext = p.extension().string();
   std::transform(ext.begin(), ext.end(), ext.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
-  for (const char* e : {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"})
-    if (ext == e) return true;
-  return false;
+  return std::any_of(std::begin(kImageExtensions), std::end(kImageExtensions), [&](const char* e) { return ext == e; });
 }
 
+// Every image once, in the order given (a directory's images sorted by name).
 std::vector<fs::path> collect_images(const std::vector<std::string>& inputs) {
   std::vector<fs::path> images;
+  std::set<fs::path> seen;
+  auto add = [&](const fs::path& p) {
+    std::error_code ec;
+    const fs::path key = fs::weakly_canonical(p, ec);
+    if (seen.insert(ec ? p : key).second) images.push_back(p);
+  };
   for (const std::string& in : inputs) {
     const fs::path p(in);
     if (fs::is_directory(p)) {
       std::vector<fs::path> found;
       for (const auto& e : fs::directory_iterator(p))
         if (e.is_regular_file() && is_image_file(e.path())) found.push_back(e.path());
-      if (found.empty()) throw std::runtime_error(fmt::format("no images (jpg, png, tif, bmp) in directory '{}'", in));
+      if (found.empty()) throw std::runtime_error(fmt::format("no images ({}) in directory '{}'", fmt::join(kImageExtensions, " "), in));
       std::sort(found.begin(), found.end());
-      images.insert(images.end(), found.begin(), found.end());
+      for (const fs::path& f : found) add(f);
     } else {
-      images.push_back(p);  // a missing file is reported when its turn comes
+      add(p);  // a missing file is reported when its turn comes
     }
   }
   return images;
 }
 
+// Report names: each image's file stem, with "-2", "-3", ... for later images of the same stem (a/X.jpg
+// and b/X.jpg), so no report overwrites another.
+std::vector<std::string> report_stems(const std::vector<fs::path>& images) {
+  std::set<std::string> used;
+  std::vector<std::string> stems;
+  for (const fs::path& image : images) {
+    std::string stem = image.stem().string();
+    for (int k = 2; !used.insert(stem).second; ++k) stem = fmt::format("{}-{}", image.stem().string(), k);
+    stems.push_back(stem);
+  }
+  return stems;
+}
+
 PipelineConfig resolve_config(const AnalyzeCommand& cmd) {
   PipelineConfig c = cmd.config.empty() ? PipelineConfig{} : load_pipeline_config(cmd.config);
-  const fs::path models = default_model_dir();
   if (!cmd.detector.empty()) c.detector = cmd.detector;
-  if (c.detector.empty()) {
-    const fs::path fallback = models / kDefaultDetector;
-    if (!fs::exists(fallback))
-      throw std::runtime_error(fmt::format("no detector: the default '{}' does not exist; pass --detector FILE or set BLOODCV_MODELS", fallback.string()));
-    c.detector = fallback.string();
-  }
   if (cmd.classifier == "none") {
     c.classifier.reset();
   } else if (!cmd.classifier.empty()) {
     c.classifier = cmd.classifier;
-  } else if (cmd.config.empty() && fs::exists(models / kDefaultClassifier)) {
-    c.classifier = (models / kDefaultClassifier).string();
   }
   if (!cmd.tile.empty()) c.tile = parse_size(cmd.tile);
   if (cmd.overlap) c.overlap = *cmd.overlap;
@@ -102,10 +107,21 @@ std::string counts_line(const std::map<std::string, int>& counts) {
   return s;
 }
 
+// The output directory, made before any image is analysed: a path that is a file fails here, once.
+void prepare_output_dir(const fs::path& out) {
+  std::error_code ec;
+  if (fs::exists(out, ec) && !fs::is_directory(out, ec))
+    throw std::runtime_error(fmt::format("--out '{}' exists and is not a directory", out.string()));
+  fs::create_directories(out, ec);
+  if (ec) throw std::runtime_error(fmt::format("--out '{}': cannot create the directory: {}", out.string(), ec.message()));
+}
+
 int run_analyze(const AnalyzeCommand& cmd) {
   const PipelineConfig config = resolve_config(cmd);
   const std::vector<fs::path> images = collect_images(cmd.inputs);
+  const std::vector<std::string> stems = report_stems(images);
   const Pipeline pipeline = make_pipeline(config);  // loads the models: fails before anything is written
+  prepare_output_dir(cmd.out);
   const auto detector_labels = pipeline.detector().labels();
   fmt::print("detector {}{}\n", config.detector, config.classifier ? fmt::format(", classifier {}", *config.classifier) : ", no classifier");
 
@@ -114,14 +130,14 @@ int run_analyze(const AnalyzeCommand& cmd) {
   json coco_images = json::array(), coco_results = json::array();
   std::map<std::string, int> total_counts, total_types;
   std::vector<std::pair<std::string, AnalysisResult>> table;
-  int failures = 0;
+  json failures = json::array();
   for (std::size_t i = 0; i < images.size(); ++i) {
     const fs::path& path = images[i];
     const auto image_id = static_cast<std::int64_t>(i + 1);
     try {
       const cv::Mat image = read_image(path.string());
       AnalysisResult r = pipeline.analyze(image);
-      const ReportPaths written = write_reports(image, r, cmd.out, path.stem().string(), image_id, path.string());
+      const ReportPaths written = write_reports(image, r, cmd.out, stems[i], image_id, path.string());
       fmt::print("[{}/{}] {}: {} cells ({}){} in {:.0f} ms\n", i + 1, images.size(), path.filename().string(), r.cells.size(),
                  counts_line(r.counts), r.type_counts.empty() ? "" : "; types: " + counts_line(r.type_counts), r.timings.total_ms);
       std::fflush(stdout);
@@ -135,7 +151,7 @@ int run_analyze(const AnalyzeCommand& cmd) {
       for (auto& det : json::parse(to_coco_results(r, image_id))) coco_results.push_back(std::move(det));
       table.emplace_back(path.filename().string(), std::move(r));
     } catch (const std::exception& e) {
-      ++failures;
+      failures.push_back({{"path", path.string()}, {"error", e.what()}});
       std::cerr << fmt::format("[{}/{}] {}: error: {}\n", i + 1, images.size(), path.string(), e.what());
     }
   }
@@ -166,18 +182,17 @@ int run_analyze(const AnalyzeCommand& cmd) {
   summary["total_counts"] = total_counts;
   summary["total_type_counts"] = total_types;
   summary["total_differential_percent"] = differential;
-  summary["failed_images"] = failures;
+  summary["failed_images"] = failures;  // [{"path", "error"}]
 
   json categories = json::array();
   for (std::size_t k = 0; k < detector_labels.size(); ++k) categories.push_back({{"id", k + 1}, {"name", detector_labels[k]}});
-  fs::create_directories(cmd.out);
   write_text_file(fs::path(cmd.out) / "summary.json", summary.dump(1) + "\n");
   write_text_file(fs::path(cmd.out) / "coco_results.json", coco_results.dump() + "\n");
   write_text_file(fs::path(cmd.out) / "coco_images.json",
              json{{"images", coco_images}, {"categories", categories}, {"annotations", json::array()}}.dump(1) + "\n");
   fmt::print("\nwrote {} report(s) and summary.json, coco_results.json, coco_images.json to {}/\n", table.size(), cmd.out);
-  if (failures) fmt::print(stderr, "{} of {} image(s) failed\n", failures, images.size());
-  return failures ? 1 : 0;
+  if (!failures.empty()) fmt::print(stderr, "{} of {} image(s) failed\n", failures.size(), images.size());
+  return failures.empty() ? 0 : 1;
 }
 
 }  // namespace
@@ -189,17 +204,20 @@ Runner add_analyze_command(CLI::App& app) {
   cmd->add_option("--detector", a->detector, "Detector model file (default: models/cell_detector.pt)");
   cmd->add_option("--classifier", a->classifier, "Classifier model file, or 'none' (default: models/wbc_classifier.pt if present)");
   cmd->add_option("--tile", a->tile, "Tile size W or WxH in pixels (default: the detector's tile size, the scale it was trained at)");
-  cmd->add_option("--overlap", a->overlap, "Overlap between tiles, a fraction of the tile size in [0, 1) (default 0.15)");
+  cmd->add_option("--overlap", a->overlap, "Overlap between tiles, a fraction of the tile size in [0, 1) (default 0.15)")
+      ->check(CLI::Range(0.0, 1.0));
   cmd->add_flag("--whole-image", a->whole_image, "Also detect on the whole image, resized (as SAHI's standard pass)");
   cmd->add_option("--classify-labels", a->classify_labels, "Comma-separated detector labels whose cells are classified (default WBC)");
-  cmd->add_option("--score-threshold", a->score_threshold, "Detector score threshold (default: the model file's)");
+  cmd->add_option("--score-threshold", a->score_threshold, "Detector score threshold in [0, 1] (default: the model file's)")
+      ->check(CLI::Range(0.0, 1.0));
   cmd->add_option("--device", a->device, "cpu, cuda or cuda:N (default cpu)");
-  cmd->add_option("--batch-size", a->batch_size, "Tiles or crops per forward pass (default 8)");
+  cmd->add_option("--batch-size", a->batch_size, "Tiles or crops per forward pass (default 8)")->check(CLI::PositiveNumber);
   cmd->add_option("--config", a->config, "JSON pipeline config; options given here override it");
   cmd->add_option("--out", a->out, "Output directory")->capture_default_str();
   cmd->footer(
-      "Writes, for each image STEM: STEM.overlay.jpg, STEM.json (schema bloodcv.analysis v1), STEM.csv, STEM.coco.json;\n"
-      "and summary.json, coco_results.json, coco_images.json over all images. Exit status 1 if any image failed.");
+      "Writes, for each image STEM: STEM.overlay.jpg, STEM.json (schema bloodcv.analysis v1), STEM.csv, STEM.coco.json\n"
+      "(a later image with the same STEM gets STEM-2, ...); and summary.json (failed images listed with the reason),\n"
+      "coco_results.json, coco_images.json over all images. Exit status 1 if any image failed.");
   return [cmd, a] { return cmd->parsed() ? run_analyze(*a) : -1; };
 }
 

@@ -2,7 +2,6 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
-#include <set>
 #include <sstream>
 
 #include <fmt/format.h>
@@ -21,6 +20,7 @@ struct EvalCommand {
   std::string gt, format, images, labels, split, pred, detector, tile, out = "eval", max_dets = "1,10,100";
   std::optional<double> overlap;
   std::optional<float> score_threshold;
+  bool only_predicted = false;
 };
 
 std::vector<std::string> split_list(const std::string& text) {
@@ -60,6 +60,7 @@ std::string predict(const EvalCommand& cmd, const eval::GroundTruth& gt) {
   if (cmd.images.empty()) throw std::invalid_argument("--detector needs --images DIR");
   PipelineConfig config;
   config.detector = cmd.detector;
+  config.classifier.reset();  // boxes are all eval scores
   if (!cmd.tile.empty()) config.tile = parse_size(cmd.tile);
   if (cmd.overlap) config.overlap = *cmd.overlap;
   config.score_threshold = cmd.score_threshold;
@@ -81,27 +82,36 @@ std::string predict(const EvalCommand& cmd, const eval::GroundTruth& gt) {
   return dir.string();
 }
 
+std::vector<int> parse_max_dets(const std::string& text) {
+  std::vector<int> out;
+  for (const std::string& item : split_list(text)) {
+    int value = 0;
+    char rest = 0;
+    if (std::sscanf(item.c_str(), "%d%c", &value, &rest) != 1 || value < 1)
+      throw std::invalid_argument(fmt::format("--max-dets must be positive whole numbers separated by commas, got '{}'", text));
+    out.push_back(value);
+  }
+  if (out.empty()) throw std::invalid_argument("--max-dets needs at least one number");
+  return out;
+}
+
 int run_eval(const EvalCommand& cmd) {
   if (cmd.pred.empty() == cmd.detector.empty()) throw std::invalid_argument("give either --pred or --detector");
-  eval::GroundTruth gt = read_ground_truth(cmd);
-  if (!cmd.split.empty()) {  // keep the images the split file names (one id per line, as VOC's ImageSets)
-    std::ifstream in(cmd.split);
-    if (!in) throw std::runtime_error(fmt::format("cannot open split file '{}'", cmd.split));
-    std::set<std::string> ids;
-    for (std::string id; in >> id;) ids.insert(fs::path(id).stem().string());
-    std::vector<eval::ImageGroundTruth> kept;
-    for (auto& im : gt.images)
-      if (ids.count(im.image)) kept.push_back(std::move(im));
-    if (kept.empty()) throw std::runtime_error(fmt::format("no ground-truth image is named in '{}'", cmd.split));
-    gt.images = std::move(kept);
-  }
-  const std::string predictions = cmd.pred.empty() ? predict(cmd, gt) : cmd.pred;
   eval::DetectionEvalOptions options;
-  options.max_detections.clear();
-  for (const auto& m : split_list(cmd.max_dets)) options.max_detections.push_back(std::stoi(m));
+  options.max_detections = parse_max_dets(cmd.max_dets);
+  options.predicted_images_only = cmd.only_predicted;
+  eval::GroundTruth gt = read_ground_truth(cmd);
+  if (!cmd.split.empty()) gt = eval::select_images(std::move(gt), eval::read_image_ids(cmd.split));
+  const std::string predictions = cmd.pred.empty() ? predict(cmd, gt) : cmd.pred;
   const eval::DetectionReport report = eval::evaluate_detections(gt, eval::read_predictions(predictions), options);
   const std::string markdown = eval::to_markdown(report);
   fmt::print("{}", markdown);
+  if (report.images_without_predictions)
+    fmt::print(stderr, "warning: {} of the {} ground-truth images have no predictions and count as all missed; pass --split or --only-predicted "
+                       "to score only the predicted images\n", report.images_without_predictions, report.images);
+  if (!report.unmatched_prediction_images.empty())
+    fmt::print(stderr, "warning: {} predicted images are not in the ground truth and were ignored (e.g. '{}')\n",
+               report.unmatched_prediction_images.size(), report.unmatched_prediction_images.front());
   fs::create_directories(cmd.out);
   write_text_file(fs::path(cmd.out) / "eval.md", markdown);
   write_text_file(fs::path(cmd.out) / "eval.json", eval::to_json(report));
@@ -118,13 +128,16 @@ Runner add_eval_command(CLI::App& app) {
   cmd->add_option("--format", e->format, "voc, yolo or coco (default: from the path)");
   cmd->add_option("--labels", e->labels, "Comma-separated label names (VOC: fixes the set; YOLO: instead of classes.txt)");
   cmd->add_option("--split", e->split, "File of image ids (one per line, as VOC ImageSets): evaluate only those images");
-  cmd->add_option("--pred", e->pred, "Predictions: bloodcv analysis JSON file or directory, or COCO results JSON (with coco_images.json beside)");
+  cmd->add_option("--pred", e->pred,
+                  "Predictions: bloodcv analyze's output directory, one analysis JSON, or COCO results JSON (with coco_images.json beside)");
   cmd->add_option("--detector", e->detector, "Run this detector model over --images first, instead of --pred");
   cmd->add_option("--images", e->images, "Image directory (for --detector, and for YOLO image sizes)");
   cmd->add_option("--tile", e->tile, "Tile size W or WxH for --detector (default: its tile size)");
   cmd->add_option("--overlap", e->overlap, "Tile overlap for --detector (default 0.15)");
-  cmd->add_option("--score-threshold", e->score_threshold, "Detector score threshold for --detector (default: the model file's)");
-  cmd->add_option("--max-dets", e->max_dets, "Comma-separated COCO max detections per image")->capture_default_str();
+  cmd->add_option("--score-threshold", e->score_threshold, "Detector score threshold for --detector (default: the model file's)")
+      ->check(CLI::Range(0.0, 1.0));
+  cmd->add_option("--max-dets", e->max_dets, "Comma-separated COCO max detections per image (AP at the largest)")->capture_default_str();
+  cmd->add_flag("--only-predicted", e->only_predicted, "Score only the ground-truth images that the predictions cover");
   cmd->add_option("--out", e->out, "Output directory for eval.json, eval.md (and predictions/)")->capture_default_str();
   return [cmd, e] { return cmd->parsed() ? run_eval(*e) : -1; };
 }

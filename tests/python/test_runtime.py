@@ -1,5 +1,4 @@
 """TorchScript detectors and classifiers, Python-implemented components, the pipeline and its reports."""
-import importlib.util
 import json
 import subprocess
 from pathlib import Path
@@ -8,32 +7,9 @@ import numpy as np
 import pytest
 
 import bloodcv
+from conftest import smear, xyxy
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="session")
-def models(tmp_path_factory):
-    spec = importlib.util.spec_from_file_location("make_test_models", ROOT / "tests" / "models" / "make_test_models.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    out = module.main(tmp_path_factory.mktemp("models"))
-    return {p.stem: str(p) for p in out.glob("*.pt")}
-
-
-def smear(width, height, red=(), blue=()):
-    """A grey BGR image with red (WBC) and blue (RBC) squares given as (x, y, w, h)."""
-    image = np.empty((height, width, 3), np.uint8)
-    image[:] = (200, 190, 180)
-    for x, y, w, h in red:
-        image[y:y + h, x:x + w] = (0, 0, 255)
-    for x, y, w, h in blue:
-        image[y:y + h, x:x + w] = (255, 0, 0)
-    return image
-
-
-def xyxy(x, y, w, h):
-    return [x, y, x + w, y + h]
 
 
 def test_torchscript_detector_finds_known_boxes(models):
@@ -225,4 +201,5 @@ def test_cli_analyze_directory_with_a_broken_image(models, tmp_path):
     assert "[1/2] a.png: 1 cells" in cli.stdout
     names = sorted(p.name for p in out.iterdir())
     assert names == ["a.coco.json", "a.csv", "a.json", "a.overlay.jpg", "coco_images.json", "coco_results.json", "summary.json"]
-    assert json.loads((out / "summary.json").read_text())["failed_images"] == 1
+    (failure,) = json.loads((out / "summary.json").read_text())["failed_images"]
+    assert failure["path"] == str(images / "b.png") and "cannot read image" in failure["error"]

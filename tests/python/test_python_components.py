@@ -1,0 +1,211 @@
+"""Detectors and classifiers written in Python: every documented output form works, and malformed outputs
+are refused with a message saying what is wrong, instead of being counted."""
+import numpy as np
+import pytest
+import torch
+
+import bloodcv
+
+from conftest import smear, xyxy
+
+CELL = (150, 120, 70, 40)  # one red cell (x, y, w, h) of a 500 x 300 smear
+
+
+def red_boxes(image):
+    ys, xs = np.nonzero((image[..., 2] > 230) & (image[..., 0] < 20))
+    if not len(xs):
+        return np.zeros((0, 4), np.float32)
+    return np.array([[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]], np.float32)
+
+
+class FormDetector(bloodcv.Detector):
+    """Finds the red cell and returns it in one of the documented forms."""
+
+    def __init__(self, form, labels=("WBC", "RBC"), with_labels=True, with_ious=False, tile=None):
+        super().__init__()
+        self.form, self.names, self.with_labels, self.with_ious, self.tile = form, list(labels), with_labels, with_ious, tile
+
+    def detect(self, images):
+        out = []
+        for im in images:
+            boxes = red_boxes(im)
+            scores = np.full(len(boxes), 0.9, np.float32)
+            labels = np.zeros(len(boxes), np.int64)
+            if self.form == "dict":
+                item = {"boxes": torch.from_numpy(boxes), "scores": torch.from_numpy(scores)}
+                if self.with_labels:
+                    item["labels"] = labels
+                if self.with_ious:
+                    item["predicted_ious"] = np.full(len(boxes), 0.8, np.float32)
+            else:
+                item = (boxes, scores, labels) if self.with_labels else (boxes, scores)
+            out.append(item)
+        return out
+
+    def labels(self):
+        return self.names
+
+    def input_size(self):
+        return (200, 200)
+
+    def tile_size(self):
+        return self.tile or self.input_size()
+
+
+class FixedClassifier(bloodcv.Classifier):
+    def __init__(self, probabilities, names=("lymphocyte", "neutrophil")):
+        super().__init__()
+        self.probabilities, self.names = probabilities, list(names)
+
+    def classify(self, image, boxes):
+        return self.probabilities(len(boxes))
+
+    def labels(self):
+        return self.names
+
+
+def analyze(detector, classifier=None):
+    return bloodcv.Pipeline(detector, classifier, tiler=bloodcv.GridTiler(tile_size=(200, 200), overlap=0.3)).analyze(
+        smear(500, 300, red=[CELL]))
+
+
+@pytest.mark.parametrize("form, with_ious", [("dict", False), ("dict", True), ("tuple", False)])  # IoUs: dict only
+def test_every_documented_detector_form_gives_the_cell(form, with_ious):
+    result = analyze(FormDetector(form, with_ious=with_ious))
+    np.testing.assert_array_equal(result.arrays()["boxes"], [xyxy(*CELL)])
+    assert result.counts == {"WBC": 1, "RBC": 0}
+
+
+@pytest.mark.parametrize("form", ["dict", "tuple"])
+def test_labels_may_be_left_out_only_by_a_one_label_detector(form):
+    result = analyze(FormDetector(form, labels=["WBC"], with_labels=False))
+    assert result.counts == {"WBC": 1}
+    with pytest.raises(ValueError, match="no labels, but the detector has 2 labels"):
+        analyze(FormDetector(form, with_labels=False))
+
+
+def test_predicted_ious_of_a_python_detector_reach_the_report():
+    (out,) = FormDetector("dict", with_ious=True).detect([smear(300, 200, red=[(10, 10, 30, 30)])])
+    assert "predicted_ious" in out
+    report = analyze(FormDetector("dict", with_ious=True)).to_json()
+    assert '"predicted_iou": 0.8' in report
+
+
+def test_a_python_detectors_tile_size_sets_the_default_tiles():
+    image = smear(500, 300, red=[CELL])
+    assert bloodcv.Pipeline(FormDetector("dict")).analyze(image).tiles == 6          # 200-pixel tiles, its input size
+    assert bloodcv.Pipeline(FormDetector("dict", tile=(400, 300))).analyze(image).tiles == 2
+
+
+@pytest.mark.parametrize("returned, message", [
+    (lambda n: np.full((n, 3), 1 / 3, np.float32), r"shape \(1, 2\).*got \(1, 3\)"),
+    (lambda n: np.full((n, 2), 5.0, np.float32), r"not in \[0, 1\]"),
+    (lambda n: np.full((n, 2), 0.2, np.float32), "sum to 0.4"),
+    (lambda n: {"probs": np.full((n, 2), 0.5, np.float32)}, 'without "probabilities"'),
+    (lambda n: np.zeros((n, 0), np.float32), r"got \(1, 0\)"),
+    (lambda n: np.full((n, 2), np.nan, np.float32), r"not in \[0, 1\]"),
+])
+def test_malformed_classifier_outputs_are_refused(returned, message):
+    with pytest.raises(ValueError, match=message):
+        analyze(FormDetector("dict"), FixedClassifier(returned))
+
+
+def test_classifier_dict_and_array_forms_agree():
+    array = analyze(FormDetector("dict"), FixedClassifier(lambda n: np.tile([[0.25, 0.75]], (n, 1)).astype(np.float32)))
+    mapping = analyze(FormDetector("dict"), FixedClassifier(lambda n: {"probabilities": torch.tensor([[0.25, 0.75]] * n)}))
+    assert array.type_counts == mapping.type_counts == {"lymphocyte": 0, "neutrophil": 1}
+    np.testing.assert_allclose(array.arrays()["type_probabilities"], [[0.25, 0.75]])
+
+
+@pytest.mark.parametrize("returned, message", [
+    (lambda images: [], "returned 0 results for 1 images"),
+    (lambda images: {"boxes": []}, "one result per image"),
+    (lambda images: [{"scores": np.zeros(0, np.float32)}], 'without "boxes"'),
+    (lambda images: [(np.zeros((1, 4), np.float32) + [0, 0, 5, 5], np.ones(1, np.float32), np.array([7]))], "label 7 is outside"),
+    (lambda images: [(np.zeros((1, 4), np.float32), np.ones(1, np.float32), np.zeros(1), np.zeros(1))], "got 4 items"),
+])
+def test_malformed_detector_outputs_are_refused(returned, message):
+    class Broken(FormDetector):
+        def detect(self, images):
+            return returned(images)
+
+    with pytest.raises((ValueError, TypeError), match=message):
+        bloodcv.Pipeline(Broken("dict")).analyze(smear(100, 100))
+
+
+def test_detect_takes_a_list_of_images_not_one_array(models):
+    detector = bloodcv.TorchScriptDetector(models["marker_yolo"])
+    image = smear(256, 256, red=[(30, 40, 50, 60)])
+    with pytest.raises(ValueError, match=r"list of images, got one array of shape \(256, 256, 3\)"):
+        detector.detect(image)
+    assert len(detector.detect([image])) == 1
+
+
+def test_classify_answers_in_the_kind_of_boxes_given(models):
+    classifier = bloodcv.TorchScriptClassifier(models["color_classifier"])
+    image = np.zeros((100, 100, 3), np.uint8)
+    image[10:30, 10:30] = (0, 0, 255)
+    boxes = [[10, 10, 30, 30]]
+    as_numpy = classifier.classify(image, np.array(boxes, np.float32))
+    as_torch = classifier.classify(image, torch.tensor(boxes))
+    assert isinstance(as_numpy["probabilities"], np.ndarray)
+    assert all(isinstance(v, torch.Tensor) for v in as_torch.values())
+    np.testing.assert_allclose(as_torch["probabilities"].numpy(), as_numpy["probabilities"])
+    assert classifier.labels()[int(as_torch["labels"][0])] == "red"
+
+
+@pytest.mark.parametrize("box, index", [([[10, 10, 30, 30], [200, 200, 220, 220]], 1), ([[5, 5, 5, 20]], 0),
+                                        ([[-30, 10, -5, 30]], 0)])
+def test_classifier_refuses_boxes_with_no_area_in_the_image(models, box, index):
+    classifier = bloodcv.TorchScriptClassifier(models["color_classifier"])
+    with pytest.raises(ValueError, match=rf"boxes\[{index}\].*no area inside the 100x100 image"):
+        classifier.classify(np.zeros((100, 100, 3), np.uint8), np.array(box, np.float32))
+
+
+def test_classifier_crop_of_a_huge_box_is_clipped_to_the_image(models):
+    classifier = bloodcv.TorchScriptClassifier(models["color_classifier"])
+    image = np.zeros((300, 400, 3), np.uint8)
+    image[:] = (0, 0, 255)
+    whole = classifier.classify(image, np.array([[0, 0, 400, 300]], np.float32))
+    huge = classifier.classify(image, np.array([[0, 0, 1e5, 1e5]], np.float32))  # was a 58.8 GB crop
+    np.testing.assert_allclose(huge["probabilities"], whole["probabilities"], rtol=1e-6)
+
+
+def test_overlay_needs_the_analysed_image(models):
+    pipeline = bloodcv.Pipeline(bloodcv.TorchScriptDetector(models["marker_yolo"]))
+    image = smear(300, 200, red=[(10, 10, 40, 40)])
+    result = pipeline.analyze(image)
+    assert result.overlay(image).shape == image.shape
+    with pytest.raises(ValueError, match="the image is 200x300, but the result is of a 300x200 image"):
+        result.overlay(np.zeros((300, 200, 3), np.uint8))
+
+
+def test_float_images_must_be_in_unit_range(models):
+    pipeline = bloodcv.Pipeline(bloodcv.TorchScriptDetector(models["marker_yolo"]))
+    image = smear(256, 256, red=[(30, 40, 50, 60)])
+    as_unit = pipeline.analyze(image.astype(np.float32) / 255)
+    assert as_unit.counts["WBC"] == 1
+    with pytest.raises(ValueError, match=r"values in \[0, 255\].*divide 0-255 data by 255"):
+        pipeline.analyze(image.astype(np.float32))
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        pipeline.analyze(np.full((20, 20, 3), np.nan, np.float32))
+
+
+def test_thresholds_are_checked_as_arguments(models, tmp_path):
+    with pytest.raises(ValueError, match=r"score_threshold must be in \[0, 1\], got 2"):
+        bloodcv.TorchScriptDetector(models["marker_yolo"], score_threshold=2)
+    with pytest.raises(ValueError, match="nms_iou_threshold"):
+        bloodcv.TorchScriptDetector(models["marker_yolo"], nms_iou_threshold=-0.1)
+
+
+def test_classify_labels_must_be_detector_labels(models):
+    detector = bloodcv.TorchScriptDetector(models["marker_yolo"])
+    classifier = bloodcv.TorchScriptClassifier(models["color_classifier"])
+    with pytest.raises(ValueError, match=r"'Foo' is not one of the detector's labels \(WBC, RBC\)"):
+        bloodcv.Pipeline(detector, classifier, classify_labels=["Foo"])
+    assert bloodcv.Pipeline(detector, classifier, classify_labels=["RBC"]) is not None
+
+
+def test_analyze_none_is_a_type_error(models):
+    with pytest.raises(TypeError, match="got None"):
+        bloodcv.Pipeline(bloodcv.TorchScriptDetector(models["marker_yolo"])).analyze(None)
