@@ -51,11 +51,13 @@ double overlap_area(const cv::Rect& a, const std::vector<cv::Rect>& placed) {
 }
 
 // Where a label of `size` goes near `box`: above it, below it, inside its top, then the same at its right
-// edge, each shifted into the image; the first that covers no label placed so far, else the least covered.
+// edge, then inside its bottom; each shifted into the image. The first that covers no label placed so far
+// wins, else the least covered.
 cv::Rect place_label(const cv::Rect& box, cv::Size size, cv::Size image, const std::vector<cv::Rect>& placed) {
-  const cv::Point candidates[] = {{box.x, box.y - size.height},   {box.x, box.y + box.height},
-                                  {box.x, box.y},                 {box.x + box.width - size.width, box.y - size.height},
-                                  {box.x + box.width - size.width, box.y + box.height}};
+  const int right = box.x + box.width - size.width, bottom = box.y + box.height;
+  const cv::Point candidates[] = {{box.x, box.y - size.height}, {box.x, bottom},         {box.x, box.y},
+                                  {right, box.y - size.height}, {right, bottom},         {right, box.y},
+                                  {box.x, bottom - size.height}, {right, bottom - size.height}};
   cv::Rect best;
   double best_overlap = -1;
   for (const cv::Point& c : candidates) {

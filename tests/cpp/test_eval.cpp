@@ -3,6 +3,8 @@
 #include <filesystem>
 #include <fstream>
 
+#include <unistd.h>
+
 #include <opencv2/imgcodecs.hpp>
 
 #include "bloodcv/eval.hpp"
@@ -165,4 +167,76 @@ TEST_CASE("detect-then-classify chain", "[eval]") {
   CHECK(r.correct == 1);
   CHECK(r.end_to_end_accuracy == Approx(1.0 / 3.0));
   CHECK(r.types.accuracy == Approx(0.5));
+}
+
+TEST_CASE("max detections are used in ascending order: AP at the largest whatever the order given", "[eval]") {
+  // Three boxes in one image: AP at 1 detection differs from AP at 10.
+  const auto gt = truth_of({{{kA, 0}, {kB, 0}, {kSmall, 0}}});
+  const auto pred = predictions_of({{{kA, 0.9f, 0}, {kB, 0.8f, 0}, {kSmall, 0.7f, 0}}});
+  DetectionEvalOptions ascending, descending;
+  ascending.max_detections = {1, 10, 100};
+  descending.max_detections = {100, 10, 1, 10};
+  const auto a = evaluate_detections(gt, pred, ascending), d = evaluate_detections(gt, pred, descending);
+  CHECK(d.options.max_detections == std::vector<int>{1, 10, 100});
+  CHECK(d.coco == a.coco);
+  CHECK(a.metric("AP") == Approx(1));
+}
+
+TEST_CASE("images are matched by name: uncovered ground truth and unknown predictions are reported", "[eval]") {
+  auto gt = truth_of({{{kA, 0}}, {{kB, 0}}});  // img0, img1
+  auto pred = predictions_of({{{kA, 0.9f, 0}}});  // img0 only
+  pred.images.push_back({"elsewhere", {{kB, 0.9f, 0}}});
+  const auto all = evaluate_detections(gt, pred);
+  CHECK(all.images == 2);
+  CHECK(all.images_without_predictions == 1);
+  CHECK(all.unmatched_prediction_images == std::vector<std::string>{"elsewhere"});
+  CHECK(all.metric("AR100") == Approx(0.5));  // img1's box counts as missed
+  CHECK_THAT(to_markdown(all), Contains("1 of the 2 images have no predictions"));
+  DetectionEvalOptions only;
+  only.predicted_images_only = true;
+  const auto covered = evaluate_detections(gt, pred, only);
+  CHECK(covered.images == 1);
+  CHECK(covered.images_without_predictions == 0);
+  CHECK(covered.metric("AR100") == Approx(1));
+  CHECK(evaluate_detections(select_images(gt, {"img0"}), pred).coco == covered.coco);
+
+  Predictions strangers;
+  strangers.labels = {"cell"};
+  strangers.images = {{"x", {}}, {"y", {}}};
+  CHECK_THROWS_WITH(evaluate_detections(gt, strangers), Contains("none of the 2 predicted images is in the ground truth"));
+}
+
+TEST_CASE("selecting images by name keeps their order and refuses unknown names", "[eval][errors]") {
+  const auto gt = truth_of({{{kA, 0}}, {{kB, 0}}, {}});
+  const auto kept = select_images(gt, {"img2", "img0", "img2"});
+  REQUIRE(kept.images.size() == 2);
+  CHECK(kept.images[0].image == "img2");
+  CHECK(kept.images[1].image == "img0");
+  CHECK_THROWS_WITH(select_images(gt, {"img0", "nope", "gone"}), Contains("2 of the 3 images named are not in the ground truth: nope, gone"));
+}
+
+TEST_CASE("predictions read the same from analyze's directory, a report and COCO results", "[eval]") {
+  namespace fs = std::filesystem;
+  const fs::path dir = fs::temp_directory_path() / ("bloodcv_test_pred_" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  auto write = [&](const std::string& name, const std::string& text) { std::ofstream(dir / name) << text; };
+  write("a.json", R"({"schema": "bloodcv.analysis", "image": {"path": "/x/a.jpg"},
+                      "cells": [{"box": [10, 10, 60, 60], "score": 0.9, "label": "cell"}]})");
+  write("a.coco.json", R"([{"image_id": 1, "category_id": 1, "bbox": [10, 10, 50, 50], "score": 0.9}])");
+  write("summary.json", R"({"images": []})");
+  write("coco_results.json", R"([{"image_id": 1, "category_id": 1, "bbox": [10, 10, 50, 50], "score": 0.9}])");
+  write("coco_images.json", R"({"images": [{"id": 1, "file_name": "a.jpg"}], "categories": [{"id": 1, "name": "cell"}]})");
+  for (const fs::path& form : {dir, dir / "", dir / "a.json", dir / "coco_results.json"}) {
+    const Predictions p = read_predictions(form.string());
+    INFO(form);
+    REQUIRE(p.images.size() == 1);
+    CHECK(p.images[0].image == "a");
+    REQUIRE(p.images[0].detections.size() == 1);
+    CHECK(p.images[0].detections[0].box == kA);
+    CHECK(p.labels == std::vector<std::string>{"cell"});
+  }
+  CHECK_THROWS_WITH(read_predictions((dir / "summary.json").string()), Contains("neither a bloodcv analysis report"));
+  CHECK_THROWS_WITH(read_coco(dir.string()), Contains("is a directory, not a JSON file"));
+  fs::remove_all(dir);
 }

@@ -7,6 +7,8 @@
 #include <fstream>
 #include <thread>
 
+#include <unistd.h>
+
 #include <opencv2/imgproc.hpp>
 
 #include "bloodcv/bloodcv.hpp"
@@ -208,4 +210,42 @@ TEST_CASE("reports are written whole or not at all", "[models][pipeline]") {
   for (const char* name : {"b.overlay.jpg", "b.json", "b.csv", "b.coco.json", ".partial.b.overlay.jpg", ".partial.b.json"})
     CHECK_FALSE(std::filesystem::exists(dir / name));
   std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("classify_labels must be detector labels; thresholds are arguments, checked before loading", "[models][pipeline][errors]") {
+  auto detector = std::make_shared<TorchScriptDetector>(model("marker_yolo.pt"));
+  auto classifier = std::make_shared<TorchScriptClassifier>(model("color_classifier.pt"));
+  PipelineOptions options;
+  options.classify_labels = {"WBC", "Foo"};
+  CHECK_THROWS_AS(Pipeline(std::make_shared<GridTiler>(), detector, classifier, options), std::invalid_argument);
+  CHECK_THROWS_WITH(Pipeline(std::make_shared<GridTiler>(), detector, classifier, options),
+                    Contains("'Foo' is not one of the detector's labels (WBC, RBC)"));
+  TorchScriptDetectorOptions bad;
+  bad.score_threshold = 2.f;
+  CHECK_THROWS_AS(TorchScriptDetector(model("marker_yolo.pt"), bad), std::invalid_argument);
+  CHECK_THROWS_WITH(TorchScriptDetector(model("marker_yolo.pt"), bad), Contains("score_threshold must be in [0, 1], got 2"));
+}
+
+TEST_CASE("pipeline configs: absent keys are the defaults, unknown keys are refused", "[pipeline][errors]") {
+  namespace fs = std::filesystem;
+  const fs::path dir = fs::temp_directory_path() / ("bloodcv_config_test_" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  auto config = [&](const std::string& text) {
+    std::ofstream(dir / "c.json") << text;
+    return (dir / "c.json").string();
+  };
+  const PipelineConfig defaults;
+  CHECK(fs::path(defaults.detector).filename() == kDefaultDetectorFile);
+  REQUIRE(defaults.classifier);
+  CHECK(fs::path(*defaults.classifier).filename() == kDefaultClassifierFile);
+  const PipelineConfig empty = load_pipeline_config(config("{}"));
+  CHECK(empty.detector == defaults.detector);
+  CHECK(empty.classifier == defaults.classifier);
+  CHECK_FALSE(load_pipeline_config(config(R"({"classifier": null})")).classifier);
+  CHECK(load_pipeline_config(config(R"({"detector": "d.pt"})")).detector == (dir / "d.pt").string());
+  CHECK_THROWS_WITH(load_pipeline_config(config(R"({"tile": [320, 320], "overlapp": 0.2})")),
+                    Contains("c.json") && Contains("unknown key 'overlapp'"));
+  CHECK_THROWS_WITH(load_pipeline_config(config(R"({"merge": {"metric": "ios", "treshold": 0.2}})")), Contains("unknown key 'merge.treshold'"));
+  CHECK_THROWS_WITH(load_pipeline_config((dir / "missing.json").string()), Contains("missing.json") && Contains("no such file"));
+  fs::remove_all(dir);
 }

@@ -167,3 +167,24 @@ TEST_CASE("bad tiler input names the argument and value", "[tiler][errors]") {
   CHECK_THROWS_WITH(make_tiler(64, 64).plan({0, 10}), Contains("image size"));
   CHECK_THROWS_WITH(merge_tile_detections({{}}, {}, {10, 10}), Contains("1 tiles but 0"));
 }
+
+TEST_CASE("a tile far larger than the image is refused, naming the sizes, instead of padded", "[tiler][errors]") {
+  const cv::Mat image(480, 640, CV_8UC3, cv::Scalar::all(0));
+  GridTilerOptions huge;
+  huge.tile_size = {100000, 100000};
+  CHECK_THROWS_WITH(GridTiler(huge).tiles(image), Contains("tile_size 100000x100000 is larger than the 640x480 image") &&
+                                                      Contains("10000000000 pixels"));
+  GridTilerOptions padded;  // twice the image: still padded, to keep the detector's scale
+  padded.tile_size = {1280, 960};
+  const auto tiles = GridTiler(padded).tiles(image);
+  REQUIRE(tiles.size() == 1);
+  CHECK(tiles[0].image.size() == cv::Size(1280, 960));
+}
+
+TEST_CASE("boxes left with no area by clipping are dropped", "[tiler]") {
+  const Tile tile{cv::Rect(600, 0, 200, 200), {}, false};
+  const std::vector<Detection> local{{{50, 10, 90, 40}, 0.9f, 0}, {{10, 10, 30, 30}, 0.8f, 0}};  // the first lies beyond x 640
+  const auto mapped = to_image_coordinates(local, tile, {640, 480});
+  REQUIRE(mapped.size() == 1);
+  CHECK(mapped[0].box == Box{610, 10, 630, 30});
+}

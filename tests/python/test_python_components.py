@@ -209,3 +209,39 @@ def test_classify_labels_must_be_detector_labels(models):
 def test_analyze_none_is_a_type_error(models):
     with pytest.raises(TypeError, match="got None"):
         bloodcv.Pipeline(bloodcv.TorchScriptDetector(models["marker_yolo"])).analyze(None)
+
+
+class FixedBoxes(bloodcv.Detector):
+    def __init__(self, boxes):
+        super().__init__()
+        self.boxes = np.array(boxes, np.float32)
+
+    def detect(self, images):
+        return [{"boxes": self.boxes, "scores": np.full(len(self.boxes), 0.9, np.float32)} for _ in images]
+
+    def labels(self):
+        return ["WBC"]
+
+    def input_size(self):
+        return (640, 480)
+
+
+def label_rows(overlay, top, bottom, left=0):
+    """How many pixels of rows [top, bottom) from column `left` on are drawn (not black)."""
+    return int((overlay[top:bottom, left:].max(axis=2) > 0).sum())
+
+
+def test_overlay_labels_stay_inside_the_image_and_apart():
+    import cv2
+    (tw, th), baseline = cv2.getTextSize("WBC 0.90", cv2.FONT_HERSHEY_SIMPLEX, 0.4, 1)
+    width, height = tw + 2, th + baseline + 2  # a label's filled rectangle
+    image = np.zeros((480, 640, 3), np.uint8)
+    # At the right edge: the label is moved left to fit whole, above the box.
+    edge = bloodcv.Pipeline(FixedBoxes([[620, 100, 639, 160]])).analyze(image)
+    overlay = edge.overlay(image)
+    assert label_rows(overlay, 100 - height, 100) == width * height
+    # Two almost equal boxes: the second label goes below its box instead of over the first.
+    pair = bloodcv.Pipeline(FixedBoxes([[100, 200, 160, 260], [102, 202, 162, 262]])).analyze(image)
+    overlay = pair.overlay(image)
+    assert label_rows(overlay, 200 - height, 200) == width * height
+    assert label_rows(overlay, 263, 262 + height) >= (width - 4) * (height - 1)
