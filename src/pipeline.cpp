@@ -41,6 +41,7 @@ Pipeline::Pipeline(std::shared_ptr<const Tiler> tiler, std::shared_ptr<const Det
   if (!tiler_) fail_argument("Pipeline needs a tiler, got none");
   if (!detector_) fail_argument("Pipeline needs a detector, got none");
   detail::check_unit_interval(options_.merge.match_threshold, "merge.match_threshold");
+  if (options_.uncertain_below) detail::check_unit_interval(*options_.uncertain_below, "uncertain_below");
   if (classifier_) {  // a label the detector never gives would silently classify nothing
     const std::vector<std::string> labels = detector_->labels();
     for (const std::string& wanted : options_.classify_labels)
@@ -57,8 +58,13 @@ AnalysisResult Pipeline::analyze(const cv::Mat& input) const {
   const cv::Mat image = to_bgr8(input, "image");
   result.image_size = image.size();
   result.detector_labels = detector_->labels();
+  const cv::Mat normalized = options_.stain_normalizer ? options_.stain_normalizer->normalize(image) : image;
+  if (normalized.size() != image.size() || normalized.type() != CV_8UC3)
+    throw std::runtime_error(fmt::format("the stain normaliser returned a {}x{} image of type {} for a {}x{} 8-bit BGR image", normalized.cols,
+                                         normalized.rows, normalized.type(), image.cols, image.rows));
+  result.timings.stain_ms = stage.lap_ms();
 
-  const std::vector<Tile> tiles = tiler_->tiles(image);
+  const std::vector<Tile> tiles = tiler_->tiles(options_.stain_before_detection ? normalized : image);
   result.tiles = tiles.size();
   std::vector<cv::Mat> tile_images;
   tile_images.reserve(tiles.size());
@@ -90,26 +96,45 @@ AnalysisResult Pipeline::analyze(const cv::Mat& input) const {
 
   if (classifier_) {
     result.classifier_labels = classifier_->labels();
+    const float uncertain_below = options_.uncertain_below.value_or(classifier_->uncertainty_threshold());
     for (const std::string& name : result.classifier_labels) result.type_counts[name] = 0;
+    if (uncertain_below > 0) result.type_counts[kUncertainType] = 0;
     std::vector<Box> boxes;
     for (const std::size_t i : to_classify) boxes.push_back(result.cells[i].detection.box);
-    std::vector<Classification> types = boxes.empty() ? std::vector<Classification>{} : classifier_->classify(image, boxes);
+    std::vector<Classification> types = boxes.empty() ? std::vector<Classification>{} : classifier_->classify(normalized, boxes);
     if (types.size() != boxes.size())
       throw std::runtime_error(fmt::format("the classifier returned {} results for {} cells", types.size(), boxes.size()));
     for (std::size_t k = 0; k < types.size(); ++k) {
       Cell& cell = result.cells[to_classify[k]];
       if (types[k].label < 0 || static_cast<std::size_t>(types[k].label) >= result.classifier_labels.size())
         throw std::runtime_error(fmt::format("the classifier gave label {}, but has {} labels", types[k].label, result.classifier_labels.size()));
-      cell.type_label = result.classifier_labels[static_cast<std::size_t>(types[k].label)];
+      cell.uncertain = types[k].score < uncertain_below;
+      cell.type_label = cell.uncertain ? kUncertainType : result.classifier_labels[static_cast<std::size_t>(types[k].label)];
       cell.type = std::move(types[k]);
       ++result.type_counts[cell.type_label];
     }
-    for (const auto& [name, count] : result.type_counts)
-      result.differential[name] = to_classify.empty() ? 0.0 : 100.0 * count / static_cast<double>(to_classify.size());
+    Differential d = differential_of(result.type_counts);
+    result.differential = std::move(d.percent);
+    result.differential_cells = d.cells;
+    result.differential_note = std::move(d.note);
     result.timings.classification_ms = stage.lap_ms();
+  } else {
+    result.differential_note = "no classifier: cells are counted, not typed";
   }
   result.timings.total_ms = total.lap_ms();
   return result;
+}
+
+Differential differential_of(const std::map<std::string, int>& type_counts) {
+  Differential d;
+  for (const auto& [type, n] : type_counts) (type == kUncertainType ? d.uncertain : d.cells) += n;
+  if (d.cells > 0)
+    for (const auto& [type, n] : type_counts)
+      if (type != kUncertainType) d.percent[type] = 100.0 * n / d.cells;
+  if (d.cells == 0 && d.uncertain == 0) d.note = "no cells were classified: the differential is empty";
+  else if (d.cells == 0) d.note = fmt::format("all {} classified cells are uncertain: the differential is empty", d.uncertain);
+  else if (d.uncertain > 0) d.note = fmt::format("{} uncertain cell(s) left out of the differential of {}", d.uncertain, d.cells);
+  return d;
 }
 
 // --- configuration ---------------------------------------------------------------------------------
@@ -146,7 +171,14 @@ PipelineConfig load_pipeline_config(const std::string& path) {
     const nlohmann::json j = nlohmann::json::parse(in);
     if (!j.is_object()) throw std::runtime_error("the top level must be an object");
     check_keys(j, {"detector", "classifier", "tile", "overlap", "whole_image", "classify_labels", "device", "half", "batch_size",
-                   "score_threshold", "merge"}, "");
+                   "score_threshold", "merge", "stain_normalize", "stain_target", "stain_before_detection", "uncertain_below"}, "");
+    if (j.contains("uncertain_below") && !j.at("uncertain_below").is_null()) c.uncertain_below = j.at("uncertain_below").get<float>();
+    if (j.contains("stain_normalize")) c.stain_normalize = j.at("stain_normalize").get<std::string>();
+    if (j.contains("stain_target")) {
+      if (!j.at("stain_target").is_object()) throw std::runtime_error("stain_target must be an object");
+      c.stain_target = j.at("stain_target").dump();
+    }
+    c.stain_before_detection = j.value("stain_before_detection", c.stain_before_detection);
     if (j.contains("classifier") && j.at("classifier").is_null()) c.classifier.reset();
     if (j.contains("detector")) c.detector = resolve(j.at("detector").get<std::string>());
     if (j.contains("classifier") && !j.at("classifier").is_null()) c.classifier = resolve(j.at("classifier").get<std::string>());
@@ -176,6 +208,27 @@ PipelineConfig load_pipeline_config(const std::string& path) {
   return c;
 }
 
+namespace {
+
+// The method: the config's, else the classifier file's "stain"."default", else none. The target: the
+// config's, else the classifier file's "stain".<method>.
+std::shared_ptr<const StainNormalizer> stain_normalizer_for(const PipelineConfig& config, const Classifier* classifier) {
+  const auto* model = dynamic_cast<const TorchScriptClassifier*>(classifier);
+  const nlohmann::json stain = model ? nlohmann::json::parse(model->metadata_json()).value("stain", nlohmann::json::object())
+                                     : nlohmann::json::object();
+  const std::string method = config.stain_normalize.value_or(stain.value("default", "none"));
+  if (method == "none") return nullptr;
+  if (method != "reinhard" && method != "macenko")
+    fail_argument("stain normalisation must be none, reinhard or macenko, got '{}'", method);
+  if (config.stain_target) return make_stain_normalizer(method, *config.stain_target);
+  if (!stain.contains(method))
+    fail_argument("stain normalisation '{}' needs a target: {} carries none (give \"stain_target\" in the config)", method,
+                  config.classifier ? fmt::format("the classifier model file '{}'", *config.classifier) : std::string("no classifier model file"));
+  return make_stain_normalizer(method, stain.at(method).dump());
+}
+
+}  // namespace
+
 Pipeline make_pipeline(const PipelineConfig& config) {
   if (config.detector.empty()) fail_argument("no detector model given");
   if (config.score_threshold) detail::check_unit_interval(*config.score_threshold, "score_threshold");
@@ -196,6 +249,9 @@ Pipeline make_pipeline(const PipelineConfig& config) {
   PipelineOptions options;
   options.classify_labels = config.classify_labels;
   options.merge = config.merge;
+  options.stain_normalizer = stain_normalizer_for(config, classifier.get());
+  options.stain_before_detection = config.stain_before_detection;
+  options.uncertain_below = config.uncertain_below;
   return Pipeline(std::make_shared<const GridTiler>(tiling), detector, classifier, options);
 }
 

@@ -1,6 +1,7 @@
 #include "bloodcv/report.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 
@@ -24,6 +25,25 @@ cv::Scalar palette(std::size_t i) {
                                        {136, 150, 0}, {7, 193, 255}, {96, 125, 139}, {180, 105, 255}, {0, 87, 183},
                                        {200, 200, 0}, {30, 30, 30}};
   return colours[i % (sizeof(colours) / sizeof(colours[0]))];
+}
+
+const cv::Scalar kUncertainColour(128, 128, 128);  // grey: typed, but not to be trusted
+
+// The classifier's top-k types of a cell, by decreasing probability.
+std::vector<std::pair<std::string, float>> top_types(const Cell& c, const std::vector<std::string>& labels, std::size_t k) {
+  std::vector<std::pair<std::string, float>> all;
+  for (std::size_t i = 0; i < c.type->probabilities.size() && i < labels.size(); ++i) all.emplace_back(labels[i], c.type->probabilities[i]);
+  std::stable_sort(all.begin(), all.end(), [](const auto& a, const auto& b) { return a.second > b.second; });
+  all.resize(std::min(k, all.size()));
+  return all;
+}
+
+// Shannon entropy of the cell's type probabilities, in nats: 0 when certain, ln(K) when uniform.
+double type_entropy(const Cell& c) {
+  double h = 0;
+  for (const float p : c.type->probabilities)
+    if (p > 0) h -= p * std::log(static_cast<double>(p));
+  return h;
 }
 
 std::string csv_field(const std::string& s) {
@@ -83,6 +103,7 @@ cv::Mat draw_overlay(const cv::Mat& image, const AnalysisResult& result) {
   const int thickness = std::max(1, std::min(overlay.cols, overlay.rows) / 400);
   const double font = std::max(0.4, std::min(overlay.cols, overlay.rows) / 1200.0);
   auto colour_of = [&](const Cell& cell) {
+    if (cell.uncertain) return kUncertainColour;
     return palette(cell.type ? result.detector_labels.size() + static_cast<std::size_t>(cell.type->label)
                              : static_cast<std::size_t>(cell.detection.label));
   };
@@ -101,8 +122,11 @@ cv::Mat draw_overlay(const cv::Mat& image, const AnalysisResult& result) {
       if (!cell.type) labelled.push_back(&cell);
   std::vector<cv::Rect> placed;
   for (const Cell* cell : labelled) {
-    const std::string text = cell->type ? fmt::format("{} {:.2f}", cell->type_label, cell->type->score)
-                                        : fmt::format("{} {:.2f}", cell->label, cell->detection.score);
+    // An uncertain cell shows its best guess behind a question mark.
+    const std::string text = cell->uncertain ? fmt::format("? {} {:.2f}", result.classifier_labels[static_cast<std::size_t>(cell->type->label)],
+                                                           cell->type->score)
+                             : cell->type ? fmt::format("{} {:.2f}", cell->type_label, cell->type->score)
+                                          : fmt::format("{} {:.2f}", cell->label, cell->detection.score);
     int baseline = 0;
     const cv::Size text_size = cv::getTextSize(text, cv::FONT_HERSHEY_SIMPLEX, font, 1, &baseline);
     const cv::Size label_size(text_size.width + 2, text_size.height + baseline + 2);
@@ -125,6 +149,11 @@ std::string to_json(const AnalysisResult& r, const std::string& image_path) {
     if (c.type) {
       cell["type"] = c.type_label;
       cell["type_score"] = c.type->score;
+      cell["uncertain"] = c.uncertain;
+      json top = json::array();
+      for (const auto& [name, p] : top_types(c, r.classifier_labels, 3)) top.push_back({{"type", name}, {"probability", p}});
+      cell["type_top3"] = top;
+      cell["type_entropy"] = type_entropy(c);
       json probs = json::object();
       for (std::size_t k = 0; k < c.type->probabilities.size() && k < r.classifier_labels.size(); ++k)
         probs[r.classifier_labels[k]] = c.type->probabilities[k];
@@ -142,8 +171,11 @@ std::string to_json(const AnalysisResult& r, const std::string& image_path) {
                  {"counts", r.counts},
                  {"type_counts", r.type_counts},
                  {"differential_percent", r.differential},
+                 {"differential_cells", r.differential_cells},
+                 {"differential_note", r.differential_note},
                  {"timings_ms",
-                  {{"tiling", r.timings.tiling_ms},
+                  {{"stain", r.timings.stain_ms},
+                   {"tiling", r.timings.tiling_ms},
                    {"detection", r.timings.detection_ms},
                    {"merging", r.timings.merging_ms},
                    {"classification", r.timings.classification_ms},
@@ -152,12 +184,19 @@ std::string to_json(const AnalysisResult& r, const std::string& image_path) {
 }
 
 std::string to_csv(const AnalysisResult& r) {
-  std::string out = "id,x1,y1,x2,y2,label,score,type,type_score\n";
+  std::string out = "id,x1,y1,x2,y2,label,score,type,type_score,top1,top1_p,top2,top2_p,top3,top3_p,type_entropy\n";
   for (std::size_t i = 0; i < r.cells.size(); ++i) {
     const Cell& c = r.cells[i];
     const Box& b = c.detection.box;
-    out += fmt::format("{},{:.2f},{:.2f},{:.2f},{:.2f},{},{:.5f},{},{}\n", i, b.x1, b.y1, b.x2, b.y2, csv_field(c.label), c.detection.score,
-                       csv_field(c.type_label), c.type ? fmt::format("{:.5f}", c.type->score) : "");
+    std::string typed = ",,,,,,,,";
+    if (c.type) {
+      const auto top = top_types(c, r.classifier_labels, 3);
+      typed = fmt::format("{},{:.5f}", csv_field(c.type_label), c.type->score);
+      for (std::size_t k = 0; k < 3; ++k)
+        typed += k < top.size() ? fmt::format(",{},{:.5f}", csv_field(top[k].first), top[k].second) : std::string(",,");
+      typed += fmt::format(",{:.5f}", type_entropy(c));
+    }
+    out += fmt::format("{},{:.2f},{:.2f},{:.2f},{:.2f},{},{:.5f},{}\n", i, b.x1, b.y1, b.x2, b.y2, csv_field(c.label), c.detection.score, typed);
   }
   return out;
 }

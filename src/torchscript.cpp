@@ -1,5 +1,6 @@
 // The one translation unit that includes LibTorch: loading bloodcv model files, preprocessing images
 // into tensors, running batches, and handing outputs to the decoders as plain float arrays.
+#include <cmath>
 #include <filesystem>
 
 #include <nlohmann/json.hpp>
@@ -11,6 +12,7 @@
 #include "bloodcv/decoder.hpp"
 #include "bloodcv/detector.hpp"
 #include "bloodcv/image.hpp"
+#include "bloodcv/stain.hpp"
 #include "check.hpp"
 
 namespace bloodcv {
@@ -247,6 +249,29 @@ std::unique_ptr<OutputDecoder> make_decoder(const LoadedModel& m, const TorchScr
   }
 }
 
+// "stain": {"default": method, "reinhard": target, "macenko": target}: refused at load when malformed, so
+// that a pipeline never meets it half-way through a run.
+void check_stain_metadata(const LoadedModel& m) {
+  if (!m.meta.contains("stain")) return;
+  const json& stain = m.meta.at("stain");
+  if (!stain.is_object()) fail_model(m.path, "bloodcv.json: stain must be an object");
+  for (const auto& [key, value] : stain.items()) {
+    if (key == "default") {
+      if (!value.is_string() || (value != "none" && value != "reinhard" && value != "macenko"))
+        fail_model(m.path, "bloodcv.json: stain.default must be none, reinhard or macenko");
+      if (value != "none" && !stain.contains(value.get<std::string>()))
+        fail_model(m.path, fmt::format("bloodcv.json: stain.default is {}, but stain.{} is missing", value.get<std::string>(),
+                                       value.get<std::string>()));
+      continue;
+    }
+    try {
+      make_stain_normalizer(key, value.dump());
+    } catch (const std::invalid_argument& e) {
+      fail_model(m.path, fmt::format("bloodcv.json: stain.{}: {}", key, e.what()));
+    }
+  }
+}
+
 }  // namespace
 
 // --- detector --------------------------------------------------------------------------------------
@@ -309,6 +334,8 @@ std::vector<std::vector<Detection>> TorchScriptDetector::detect(const std::vecto
 struct TorchScriptClassifier::Impl {
   LoadedModel model;
   float crop_padding = 0.1f;
+  float temperature = 1.f;      // logits are divided by it before the softmax (calibration)
+  float uncertain_below = 0.f;  // top probabilities below it are not to be trusted
 };
 
 TorchScriptClassifier::TorchScriptClassifier(const std::string& path, TorchScriptClassifierOptions options)
@@ -317,6 +344,25 @@ TorchScriptClassifier::TorchScriptClassifier(const std::string& path, TorchScrip
   impl_->crop_padding = options.crop_padding.value_or(value_or<float>(impl_->model.meta, "crop_padding", 0.1f));
   if (!(impl_->crop_padding >= 0.f && impl_->crop_padding <= 2.f))
     detail::fail_argument("crop_padding must be in [0, 2], got {}", impl_->crop_padding);
+  check_stain_metadata(impl_->model);
+  const LoadedModel& m = impl_->model;
+  if (m.meta.contains("calibration")) {
+    try {
+      const json& c = m.meta.at("calibration");
+      if (!c.is_object()) fail_model(path, "bloodcv.json: calibration must be an object");
+      for (const auto& [key, value] : c.items())
+        if (key != "temperature" && key != "uncertain_below" && key != "method" && key != "ece")
+          fail_model(path, fmt::format("bloodcv.json: calibration.{} is not a known key", key));
+      impl_->temperature = value_or<float>(c, "temperature", 1.f);
+      impl_->uncertain_below = value_or<float>(c, "uncertain_below", 0.f);
+    } catch (const json::exception& e) {
+      fail_model(path, fmt::format("bloodcv.json: calibration: {}", e.what()));
+    }
+    if (!(impl_->temperature > 0.f && std::isfinite(impl_->temperature)))
+      fail_model(path, fmt::format("bloodcv.json: calibration.temperature must be positive, got {}", impl_->temperature));
+    if (!(impl_->uncertain_below >= 0.f && impl_->uncertain_below <= 1.f))
+      fail_model(path, fmt::format("bloodcv.json: calibration.uncertain_below must be in [0, 1], got {}", impl_->uncertain_below));
+  }
 }
 
 TorchScriptClassifier::~TorchScriptClassifier() = default;
@@ -324,6 +370,8 @@ TorchScriptClassifier::TorchScriptClassifier(TorchScriptClassifier&&) noexcept =
 TorchScriptClassifier& TorchScriptClassifier::operator=(TorchScriptClassifier&&) noexcept = default;
 
 std::vector<std::string> TorchScriptClassifier::labels() const { return impl_->model.labels; }
+float TorchScriptClassifier::uncertainty_threshold() const { return impl_->uncertain_below; }
+float TorchScriptClassifier::temperature() const { return impl_->temperature; }
 cv::Size TorchScriptClassifier::input_size() const { return impl_->model.input.size; }
 const std::string& TorchScriptClassifier::metadata_json() const { return impl_->model.metadata_json; }
 
@@ -362,7 +410,7 @@ std::vector<Classification> TorchScriptClassifier::classify(const cv::Mat& image
       fail_model(m.path, fmt::format("a classifier must return logits [B, {}] ({} labels), got {} output(s), the first {}", classes,
                                      classes, outputs.size(), dims(logits.sizes())));
     if (!torch::isfinite(logits).all().item<bool>()) fail_model(m.path, "its logits hold NaN or infinite values");
-    const torch::Tensor probs = torch::softmax(logits, 1).contiguous();
+    const torch::Tensor probs = torch::softmax(logits / impl_->temperature, 1).contiguous();
     for (std::int64_t i = 0; i < probs.size(0); ++i) {
       const float* p = probs.data_ptr<float>() + i * classes;
       Classification c;

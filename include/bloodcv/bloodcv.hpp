@@ -10,5 +10,6 @@
 #include "bloodcv/nms.hpp"
 #include "bloodcv/pipeline.hpp"
 #include "bloodcv/report.hpp"
+#include "bloodcv/stain.hpp"
 #include "bloodcv/tiler.hpp"
 #include "bloodcv/version.hpp"

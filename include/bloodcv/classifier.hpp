@@ -27,6 +27,9 @@ class Classifier {
   // One result per box of `image` (8-bit BGR, image coordinates).
   virtual std::vector<Classification> classify(const cv::Mat& image, const std::vector<Box>& boxes) const = 0;
   virtual std::vector<std::string> labels() const = 0;
+  // The top probability below which the answer is not to be trusted: a pipeline types such a cell
+  // "uncertain". 0: every answer counts.
+  virtual float uncertainty_threshold() const { return 0.f; }
 };
 
 struct TorchScriptClassifierOptions {
@@ -35,7 +38,8 @@ struct TorchScriptClassifierOptions {
 };
 
 // Crops each box (clipped to the image) with context padding (outside the image: the model's pad value),
-// resizes and normalises as the model file says, runs batches, and takes the softmax of the logits.
+// resizes and normalises as the model file says, runs batches, and takes the softmax of the logits
+// divided by the file's calibration temperature ("calibration": {"temperature", "uncertain_below"}).
 // A box with no area inside the image is an error (std::invalid_argument naming its index).
 // classify() may be called from several threads at once.
 class TorchScriptClassifier final : public Classifier {
@@ -47,6 +51,8 @@ class TorchScriptClassifier final : public Classifier {
 
   std::vector<Classification> classify(const cv::Mat& image, const std::vector<Box>& boxes) const override;
   std::vector<std::string> labels() const override;
+  float uncertainty_threshold() const override;  // the file's calibration.uncertain_below, else 0
+  float temperature() const;                     // the file's calibration.temperature, else 1
   cv::Size input_size() const;
   const std::string& metadata_json() const;
 

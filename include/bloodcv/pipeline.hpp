@@ -13,6 +13,7 @@
 #include "bloodcv/classifier.hpp"
 #include "bloodcv/detector.hpp"
 #include "bloodcv/nms.hpp"
+#include "bloodcv/stain.hpp"
 #include "bloodcv/tiler.hpp"
 
 namespace bloodcv {
@@ -21,11 +22,24 @@ struct Cell {
   Detection detection;                 // box in image pixels, detector score and label
   std::string label;                   // the detector's name for detection.label
   std::optional<Classification> type;  // set for the cells the classifier saw
-  std::string type_label;              // the classifier's name for type->label, or empty
+  std::string type_label;              // the classifier's name for type->label, kUncertainType, or empty
+  bool uncertain = false;              // typed, but its top probability is below the threshold
 };
 
+// The type of a classified cell whose top probability is below the classifier's threshold.
+inline constexpr const char* kUncertainType = "uncertain";
+
+// The differential: each type's share of the typed cells, the uncertain ones left out and said.
+struct Differential {
+  std::map<std::string, double> percent;  // every type but kUncertainType; empty when `cells` is 0
+  int cells = 0;                          // the typed cells the percentages are of
+  int uncertain = 0;                      // typed cells left out: below the classifier's threshold
+  std::string note;                       // why the differential is empty or partial; empty otherwise
+};
+Differential differential_of(const std::map<std::string, int>& type_counts);
+
 struct StageTimings {
-  double tiling_ms = 0, detection_ms = 0, merging_ms = 0, classification_ms = 0, total_ms = 0;
+  double stain_ms = 0, tiling_ms = 0, detection_ms = 0, merging_ms = 0, classification_ms = 0, total_ms = 0;
 };
 
 struct AnalysisResult {
@@ -35,14 +49,22 @@ struct AnalysisResult {
   std::vector<std::string> classifier_labels;  // empty without a classifier
   std::vector<Cell> cells;                     // by decreasing detector score
   std::map<std::string, int> counts;           // cells per detector label (every label listed)
-  std::map<std::string, int> type_counts;      // classified cells per type (every type listed)
-  std::map<std::string, double> differential;  // type_counts in percent of the classified cells
+  std::map<std::string, int> type_counts;      // classified cells per type (every type listed, and
+                                               // kUncertainType when the threshold is above 0)
+  std::map<std::string, double> differential;  // percent of the differential's cells (differential_of)
+  int differential_cells = 0;                  // its denominator: typed cells, the uncertain left out
+  std::string differential_note;               // why it is empty or partial; empty otherwise
   StageTimings timings;
 };
 
 struct PipelineOptions {
   std::vector<std::string> classify_labels{"WBC"};  // detector labels whose cells are classified
   SeamMergeOptions merge;                           // used when no merger is given
+  // Applied to the image before the classifier crops it (null: none); with stain_before_detection,
+  // the detector sees the normalised image too.
+  std::shared_ptr<const StainNormalizer> stain_normalizer;
+  bool stain_before_detection = false;
+  std::optional<float> uncertain_below;  // in [0, 1]; unset: the classifier's uncertainty_threshold()
 };
 
 // Thread safety: analyze() is const and keeps no state between calls, so one Pipeline may serve
@@ -85,7 +107,10 @@ inline constexpr const char* kDefaultClassifierFile = "wbc_classifier.pt";
 //    "classifier": "wbc_classifier.pt in default_model_dir()", or null for none,
 //    "tile": [640, 640] (default: the detector's tile_size()), "overlap": 0.15, "whole_image": false,
 //    "classify_labels": ["WBC"], "device": "cpu", "half": false, "batch_size": 8, "score_threshold": null,
-//    "merge": {"match_threshold": 0.5, "metric": "iou", "class_aware": true}}
+//    "merge": {"match_threshold": 0.5, "metric": "iou", "class_aware": true},
+//    "stain_normalize": "none" | "reinhard" | "macenko" (default: the classifier file's "stain"."default", else none),
+//    "stain_target": {...} (default: the classifier file's "stain".<method>), "stain_before_detection": false,
+//    "uncertain_below": null (default: the classifier file's calibration.uncertain_below)}
 // Relative model paths are taken relative to the config file.
 struct PipelineConfig {
   PipelineConfig();  // the default models
@@ -98,6 +123,10 @@ struct PipelineConfig {
   RuntimeOptions runtime;
   std::optional<float> score_threshold;
   SeamMergeOptions merge;
+  std::optional<std::string> stain_normalize;  // unset: what the classifier's model file recommends
+  std::optional<std::string> stain_target;     // JSON; unset: the classifier's model file's
+  bool stain_before_detection = false;
+  std::optional<float> uncertain_below;  // unset: the classifier's uncertainty_threshold()
 };
 
 PipelineConfig load_pipeline_config(const std::string& path);  // throws std::runtime_error naming the path and key

@@ -12,10 +12,12 @@ namespace bloodcv {
 
 // The JSON report's schema name and version ("schema": "bloodcv.analysis", "schema_version": 1):
 // {"image": {"path", "width", "height"}, "tiles", "detector_labels", "classifier_labels",
-//  "cells": [{"id", "box": [x1, y1, x2, y2], "label", "score", "predicted_iou"?, "type"?, "type_score"?,
-//             "type_probabilities"?: {name: p}}],
+//  "cells": [{"id", "box": [x1, y1, x2, y2], "label", "score", "predicted_iou"?, "type"? (a type or
+//             "uncertain"), "type_score"?, "uncertain"?, "type_top3"?: [{"type", "probability"}],
+//             "type_entropy"? (nats), "type_probabilities"?: {name: p}}],
 //  "counts": {label: n}, "type_counts": {type: n}, "differential_percent": {type: %},
-//  "timings_ms": {"tiling", "detection", "merging", "classification", "total"}}
+//  "differential_cells": n, "differential_note": "why it is empty or partial, or empty",
+//  "timings_ms": {"stain", "tiling", "detection", "merging", "classification", "total"}}
 inline constexpr const char* kReportSchema = "bloodcv.analysis";
 inline constexpr int kReportSchemaVersion = 1;
 
@@ -25,7 +27,8 @@ inline constexpr int kReportSchemaVersion = 1;
 cv::Mat draw_overlay(const cv::Mat& image, const AnalysisResult& result);
 
 std::string to_json(const AnalysisResult& result, const std::string& image_path = "");
-// One row per cell: id,x1,y1,x2,y2,label,score,type,type_score
+// One row per cell: id,x1,y1,x2,y2,label,score,type,type_score,top1,top1_p,top2,top2_p,top3,top3_p,type_entropy
+// (type is "uncertain" below the classifier's threshold; top1..3: the most probable types; entropy in nats)
 std::string to_csv(const AnalysisResult& result);
 // COCO detection results: [{"image_id", "category_id" (detector label index + 1), "bbox": [x, y, w, h], "score"}]
 std::string to_coco_results(const AnalysisResult& result, std::int64_t image_id);

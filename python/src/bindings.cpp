@@ -7,6 +7,7 @@ PYBIND11_MODULE(_core, m) {
   m.doc() = "bloodcv C++ core (use the bloodcv package, which also takes torch tensors)";
   m.attr("__version__") = bloodcv::kVersion;
   bloodcv::python::bind_geometry(m);
+  bloodcv::python::bind_stain(m);
   bloodcv::python::bind_runtime(m);
   bloodcv::python::bind_eval(m);
 }

@@ -165,6 +165,7 @@ inline py::array mat_to_numpy(const cv::Mat& mat) {
 
 void bind_geometry(py::module_& m);
 void bind_runtime(py::module_& m);
+void bind_stain(py::module_& m);
 void bind_eval(py::module_& m);
 
 }  // namespace bloodcv::python

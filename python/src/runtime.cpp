@@ -132,6 +132,7 @@ class PyClassifier : public Classifier {
     return out;
   }
   std::vector<std::string> labels() const override { PYBIND11_OVERRIDE_PURE(std::vector<std::string>, Classifier, labels, ); }
+  float uncertainty_threshold() const override { PYBIND11_OVERRIDE(float, Classifier, uncertainty_threshold, ); }
 };
 
 // detect() takes a list of images: one bare array would be iterated row by row.
@@ -158,6 +159,7 @@ py::dict result_arrays(const AnalysisResult& r) {
   std::vector<Box> boxes(n);
   std::vector<float> scores(n), type_scores(n, std::numeric_limits<float>::quiet_NaN());
   std::vector<std::int64_t> labels(n), types(n, -1);
+  std::vector<std::uint8_t> uncertain(n, 0);
   py::array_t<float> probabilities({static_cast<py::ssize_t>(n), static_cast<py::ssize_t>(k)});
   float* p = probabilities.mutable_data();
   std::fill(p, p + n * k, std::numeric_limits<float>::quiet_NaN());
@@ -168,6 +170,7 @@ py::dict result_arrays(const AnalysisResult& r) {
     labels[i] = c.detection.label;
     if (c.type) {
       types[i] = c.type->label;
+      uncertain[i] = c.uncertain;
       type_scores[i] = c.type->score;
       std::copy_n(c.type->probabilities.begin(), std::min(k, c.type->probabilities.size()), p + i * k);
     }
@@ -179,6 +182,7 @@ py::dict result_arrays(const AnalysisResult& r) {
   out["types"] = to_numpy(std::move(types));
   out["type_scores"] = to_numpy(std::move(type_scores));
   out["type_probabilities"] = probabilities;
+  out["uncertain"] = to_numpy(std::move(uncertain)).attr("astype")("bool");
   return out;
 }
 
@@ -290,7 +294,10 @@ void bind_runtime(py::module_& m) {
           "image: BGR numpy array (uint8, uint16 or float32 in [0, 1]); boxes: (N, 4) [x1, y1, x2, y2] in image pixels, "
           "numpy or torch. Returns a dict of \"labels\" (N,) int64 indices into labels(), \"scores\" (N,) the top "
           "probability, and \"probabilities\" (N, K), as the kind of array boxes was (a torch tensor on its device, or numpy).")
-      .def("labels", &Classifier::labels, "The names of the cell types, by label index.");
+      .def("labels", &Classifier::labels, "The names of the cell types, by label index.")
+      .def("uncertainty_threshold", &Classifier::uncertainty_threshold,
+           "The top probability below which an answer is not to be trusted: Pipeline types such a cell 'uncertain'. "
+           "Default 0 (every answer counts); a Python classifier may override it.");
 
   py::class_<TorchScriptClassifier, Classifier, std::shared_ptr<TorchScriptClassifier>>(
       m, "TorchScriptClassifier",
@@ -309,7 +316,9 @@ void bind_runtime(py::module_& m) {
       .def(
           "input_size", [](const TorchScriptClassifier& self) { return py::make_tuple(self.input_size().width, self.input_size().height); },
           "The size (width, height) in pixels each crop is resized to.")
-      .def_property_readonly("metadata_json", &TorchScriptClassifier::metadata_json, "The model file's description (bloodcv.json) as text.");
+      .def_property_readonly("metadata_json", &TorchScriptClassifier::metadata_json, "The model file's description (bloodcv.json) as text.")
+      .def_property_readonly("temperature", &TorchScriptClassifier::temperature,
+                             "The calibration temperature the logits are divided by before the softmax (the file's, else 1).");
 
   py::class_<AnalysisResult>(m, "AnalysisResult",
                              "One image's analysis: its cells (by decreasing detector score), counts per detector label, counts per "
@@ -322,17 +331,23 @@ void bind_runtime(py::module_& m) {
       .def_readonly("classifier_labels", &AnalysisResult::classifier_labels, "The classifier's type names, by index (empty without a classifier).")
       .def_readonly("counts", &AnalysisResult::counts, "{detector label: number of cells}, every label listed.")
       .def_readonly("type_counts", &AnalysisResult::type_counts, "{cell type: number of classified cells}, every type listed.")
-      .def_readonly("differential", &AnalysisResult::differential, "{cell type: percent of the classified cells}.")
+      .def_readonly("differential", &AnalysisResult::differential,
+                    "{cell type: percent of differential_cells}; empty when no cell was typed with confidence.")
+      .def_readonly("differential_cells", &AnalysisResult::differential_cells,
+                    "The differential's denominator: typed cells, the uncertain ones left out.")
+      .def_readonly("differential_note", &AnalysisResult::differential_note,
+                    "Why the differential is empty or partial (e.g. uncertain cells left out); empty otherwise.")
       .def_property_readonly("timings_ms",
                              [](const AnalysisResult& r) {
                                const StageTimings& t = r.timings;
-                               return py::dict(py::arg("tiling") = t.tiling_ms, py::arg("detection") = t.detection_ms,
+                               return py::dict(py::arg("stain") = t.stain_ms, py::arg("tiling") = t.tiling_ms, py::arg("detection") = t.detection_ms,
                                                py::arg("merging") = t.merging_ms, py::arg("classification") = t.classification_ms,
                                                py::arg("total") = t.total_ms);
                              },
-                             "Milliseconds spent in each stage: tiling, detection, merging, classification, and the total.")
+                             "Milliseconds spent in each stage: stain, tiling, detection, merging, classification, and the total.")
       .def("arrays", &result_arrays,
-           "Per-cell numpy arrays: boxes, scores, labels, types (-1: not classified), type_scores, type_probabilities.")
+           "Per-cell numpy arrays: boxes, scores, labels, types (the most probable type's index; -1: not classified), "
+           "type_scores, type_probabilities, uncertain (typed, but below the classifier's threshold).")
       .def("__len__", [](const AnalysisResult& r) { return r.cells.size(); }, "The number of cells.")
       .def(
           "to_json", [](const AnalysisResult& r, const std::string& image_path) { return to_json(r, image_path); }, py::arg("image_path") = "",
@@ -364,7 +379,8 @@ void bind_runtime(py::module_& m) {
       "so one pipeline may serve several threads (components written in Python run under the GIL).")
       .def(py::init([](std::shared_ptr<Detector> detector, std::shared_ptr<Classifier> classifier, std::shared_ptr<Tiler> tiler,
                        std::vector<std::string> classify_labels, std::shared_ptr<Suppressor> merger, double match_threshold,
-                       const std::string& metric) {
+                       const std::string& metric, std::shared_ptr<StainNormalizer> stain_normalizer, bool stain_before_detection,
+                       std::optional<float> uncertain_below) {
              if (!detector) throw py::value_error("Pipeline needs a detector, got None");
              if (!tiler) {
                GridTilerOptions o;
@@ -374,16 +390,23 @@ void bind_runtime(py::module_& m) {
              PipelineOptions options;
              options.classify_labels = std::move(classify_labels);
              options.merge = SeamMergeOptions{match_threshold, parse_box_metric(metric), true};
+             options.stain_normalizer = stain_normalizer;
+             options.stain_before_detection = stain_before_detection;
+             options.uncertain_below = uncertain_below;
              return std::make_shared<Pipeline>(tiler, detector, classifier, options, merger);
            }),
            py::arg("detector"), py::arg("classifier") = nullptr, py::arg("tiler") = nullptr,
            py::arg("classify_labels") = std::vector<std::string>{"WBC"}, py::arg("merger") = nullptr, py::arg("match_threshold") = 0.5,
-           py::arg("metric") = "iou", py::keep_alive<1, 2>(), py::keep_alive<1, 3>(), py::keep_alive<1, 4>(), py::keep_alive<1, 6>(),
+           py::arg("metric") = "iou", py::arg("stain_normalizer") = nullptr, py::arg("stain_before_detection") = false,
+           py::arg("uncertain_below") = py::none(),
+           py::keep_alive<1, 2>(), py::keep_alive<1, 3>(), py::keep_alive<1, 4>(), py::keep_alive<1, 6>(), py::keep_alive<1, 9>(),
            "detector: a Detector; classifier: a Classifier or None (detection and counts only); tiler: a Tiler, default a "
            "GridTiler of detector.tile_size() with 15 % overlap; classify_labels: the detector labels whose cells are classified "
            "(each must be one of detector.labels()); merger: a Suppressor that pools all tiles' detections (e.g. NonMaxMerge), "
            "default None: seam merging, which matches detections of different tiles where metric ('iou', 'ios', 'giou', 'diou') "
-           "of their parts in the shared region exceeds match_threshold (in [0, 1]).")
+           "of their parts in the shared region exceeds match_threshold (in [0, 1]); stain_normalizer: a StainNormalizer applied "
+           "before the classifier (and before the detector too with stain_before_detection), default None; uncertain_below: "
+           "cells whose top type probability is below it are typed 'uncertain' (None: the classifier's uncertainty_threshold()).")
       .def_static(
           "from_config", [](const std::string& path) { return std::make_shared<Pipeline>(make_pipeline(load_pipeline_config(path))); },
           py::arg("path"),

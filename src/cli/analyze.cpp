@@ -22,11 +22,11 @@ namespace {
 
 struct AnalyzeCommand {
   std::vector<std::string> inputs;
-  std::string detector, classifier, tile, config, device, classify_labels;
+  std::string detector, classifier, tile, config, device, classify_labels, stain_normalize;
   std::string out = "out";
   std::optional<double> overlap;
   std::optional<int> batch_size;
-  std::optional<float> score_threshold;
+  std::optional<float> score_threshold, uncertain_below;
   bool whole_image = false;
 };
 
@@ -89,9 +89,11 @@ PipelineConfig resolve_config(const AnalyzeCommand& cmd) {
   if (!cmd.tile.empty()) c.tile = parse_size(cmd.tile);
   if (cmd.overlap) c.overlap = *cmd.overlap;
   if (cmd.whole_image) c.whole_image = true;
+  if (!cmd.stain_normalize.empty()) c.stain_normalize = cmd.stain_normalize;
   if (!cmd.device.empty()) c.runtime.device = cmd.device;
   if (cmd.batch_size) c.runtime.batch_size = *cmd.batch_size;
   if (cmd.score_threshold) c.score_threshold = *cmd.score_threshold;
+  if (cmd.uncertain_below) c.uncertain_below = *cmd.uncertain_below;
   if (!cmd.classify_labels.empty()) {
     c.classify_labels.clear();
     std::stringstream list(cmd.classify_labels);
@@ -145,6 +147,7 @@ int run_analyze(const AnalyzeCommand& cmd) {
       for (const auto& [k, n] : r.type_counts) total_types[k] += n;
       summary["images"].push_back({{"id", image_id}, {"path", path.string()}, {"report", written.json}, {"counts", r.counts},
                                    {"type_counts", r.type_counts}, {"differential_percent", r.differential},
+                                   {"differential_cells", r.differential_cells}, {"differential_note", r.differential_note},
                                    {"total_ms", r.timings.total_ms}});
       coco_images.push_back({{"id", image_id}, {"file_name", path.filename().string()}, {"width", r.image_size.width},
                              {"height", r.image_size.height}});
@@ -175,13 +178,12 @@ int run_analyze(const AnalyzeCommand& cmd) {
   for (const auto& [name, r] : table) row(name, r.counts, r.type_counts);
   if (table.size() > 1) row("total", total_counts, total_types);
 
-  int classified = 0;
-  for (const auto& [k, n] : total_types) classified += n;
-  json differential = json::object();
-  for (const auto& [k, n] : total_types) differential[k] = classified ? 100.0 * n / classified : 0.0;
+  const Differential differential = differential_of(total_types);
   summary["total_counts"] = total_counts;
   summary["total_type_counts"] = total_types;
-  summary["total_differential_percent"] = differential;
+  summary["total_differential_percent"] = differential.percent;
+  summary["total_differential_cells"] = differential.cells;
+  summary["total_differential_note"] = differential.note;
   summary["failed_images"] = failures;  // [{"path", "error"}]
 
   json categories = json::array();
@@ -209,6 +211,13 @@ Runner add_analyze_command(CLI::App& app) {
   cmd->add_flag("--whole-image", a->whole_image, "Also detect on the whole image, resized (as SAHI's standard pass)");
   cmd->add_option("--classify-labels", a->classify_labels, "Comma-separated detector labels whose cells are classified (default WBC)");
   cmd->add_option("--score-threshold", a->score_threshold, "Detector score threshold in [0, 1] (default: the model file's)")
+      ->check(CLI::Range(0.0, 1.0));
+  cmd->add_option("--stain-normalize", a->stain_normalize,
+                  "Stain normalisation before the classifier: none, reinhard or macenko, to the classifier file's target "
+                  "(default: what the classifier file recommends, else none)")
+      ->check(CLI::IsMember({"none", "reinhard", "macenko"}));
+  cmd->add_option("--uncertain-below", a->uncertain_below,
+                  "Type cells whose top type probability is below this 'uncertain' (default: the classifier file's threshold)")
       ->check(CLI::Range(0.0, 1.0));
   cmd->add_option("--device", a->device, "cpu, cuda or cuda:N (default cpu)");
   cmd->add_option("--batch-size", a->batch_size, "Tiles or crops per forward pass (default 8)")->check(CLI::PositiveNumber);

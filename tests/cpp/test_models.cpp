@@ -249,3 +249,16 @@ TEST_CASE("pipeline configs: absent keys are the defaults, unknown keys are refu
   CHECK_THROWS_WITH(load_pipeline_config((dir / "missing.json").string()), Contains("missing.json") && Contains("no such file"));
   fs::remove_all(dir);
 }
+
+TEST_CASE("the differential leaves uncertain cells out and says why it is empty or partial", "[pipeline]") {
+  const Differential d = differential_of({{"lymphocyte", 1}, {"neutrophil", 3}, {kUncertainType, 2}});
+  CHECK(d.cells == 4);
+  CHECK(d.uncertain == 2);
+  CHECK(d.percent == std::map<std::string, double>{{"lymphocyte", 25.0}, {"neutrophil", 75.0}});
+  CHECK(d.note == "2 uncertain cell(s) left out of the differential of 4");
+  const Differential none = differential_of({{"lymphocyte", 0}, {"neutrophil", 0}});
+  CHECK(none.percent.empty());
+  CHECK(none.note == "no cells were classified: the differential is empty");
+  CHECK(differential_of({{"neutrophil", 0}, {kUncertainType, 3}}).note == "all 3 classified cells are uncertain: the differential is empty");
+  CHECK(differential_of({{"neutrophil", 2}}).note.empty());
+}

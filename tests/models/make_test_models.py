@@ -10,8 +10,11 @@
   that decode to one known box (see FIXED_ANCHOR_* below).
 - color_classifier.pt (classification, input 32x32, labels red, green, blue): logits = 10 x mean of
   each colour channel of the crop.
+  color_classifier_stain.pt: the same, carrying a Reinhard stain target it recommends ("stain");
+  color_classifier_calibrated.pt: the same, with temperature 2 and uncertain_below 0.9 ("calibration").
 - broken models: wrong output width, NaN output, no metadata, not TorchScript at all, a classifier
-  file given to a detector.
+  file given to a detector, a classifier whose stain target lacks its "std", one whose calibration
+  temperature is negative.
 """
 import json
 import math
@@ -110,6 +113,11 @@ def main(out_dir):
     classifier_meta = {"task": "classification", "name": "colour", "labels": ["red", "green", "blue"],
                        "input_size": [32, 32], "crop_padding": 0.1}
     export_model(MeanColour(), out / "color_classifier.pt", classifier_meta, torch.rand(2, 3, 32, 32))
+    stain = {"default": "reinhard", "reinhard": {"mean": [60.0, 10.0, -10.0], "std": [20.0, 10.0, 10.0]}}
+    export_model(MeanColour(), out / "color_classifier_stain.pt", {**classifier_meta, "stain": stain}, torch.rand(2, 3, 32, 32))
+    calibration = {"temperature": 2.0, "uncertain_below": 0.9}
+    export_model(MeanColour(), out / "color_classifier_calibrated.pt", {**classifier_meta, "calibration": calibration},
+                 torch.rand(2, 3, 32, 32))
 
     # Broken on purpose.
     export_model(Constant(torch.zeros(3, 6)), out / "wrong_width.pt", yolo_meta, example)  # 6 != 5 + 2
@@ -118,6 +126,12 @@ def main(out_dir):
     torch.jit.save(torch.jit.trace(Constant(nan), example), str(out / "nan_output.pt"),
                    _extra_files={"bloodcv.json": json.dumps(check_metadata(yolo_meta))})
     torch.jit.save(torch.jit.trace(MarkerYolo(), example), str(out / "no_metadata.pt"))
+    bad_calibration = {**classifier_meta, "calibration": {"temperature": -1.0}}
+    torch.jit.save(torch.jit.trace(MeanColour(), torch.rand(2, 3, 32, 32)), str(out / "bad_calibration_classifier.pt"),
+                   _extra_files={"bloodcv.json": json.dumps(check_metadata(bad_calibration))})
+    bad_stain = {**classifier_meta, "stain": {"reinhard": {"mean": [60.0, 10.0, -10.0]}}}
+    torch.jit.save(torch.jit.trace(MeanColour(), torch.rand(2, 3, 32, 32)), str(out / "bad_stain_classifier.pt"),
+                   _extra_files={"bloodcv.json": json.dumps(check_metadata(bad_stain))})
     (out / "corrupt.pt").write_bytes(b"PK\x03\x04 this is not a TorchScript archive")
     return out
 
