@@ -88,6 +88,9 @@ std::optional<StainEstimate> estimate_stains(const Od& od, const MacenkoOptions&
   Eigen::Vector3d b = plane * Eigen::Vector2d(std::cos(high), std::sin(high));
   if (a.sum() < 0) a = -a;
   if (b.sum() < 0) b = -b;
+  a = a.cwiseMax(0.0);  // a stain absorbs in every channel or not at all: estimates slightly below 0 are noise
+  b = b.cwiseMax(0.0);
+  if (a.norm() < 1e-9 || b.norm() < 1e-9) return std::nullopt;
   StainEstimate e;
   e.stains.col(0) = (a(0) >= b(0) ? a : b).normalized();  // the more red-absorbing: haematoxylin-like
   e.stains.col(1) = (a(0) >= b(0) ? b : a).normalized();

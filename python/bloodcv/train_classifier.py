@@ -47,13 +47,14 @@ import random
 import shlex
 import sys
 import time
-import zlib
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .cell_sources import (CellSample, bccd_samples, detector_samples, folder_samples, split_samples,
+                           stratified_split)
 from .models import build_classifier
 from .models.metric_loss import metric_loss
 
@@ -62,8 +63,6 @@ HELP = "train a single-cell classifier (PBC white-cell types) and export it"
 PBC_CITATION = ("Acevedo A., Merino A., Alférez S., Molina Á., Boldú L., Rodellar J. A dataset of microscopic "
                 "peripheral blood cell images for development of automatic recognition systems. Data in Brief 30 "
                 "(2020) 105474. Mendeley Data, doi:10.17632/snkd93bnjr.1. Licence CC BY 4.0.")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
-
 DEFAULTS = {
     "name": "classifier",
     "data_root": "../shared/datasets/pbc",
@@ -79,6 +78,17 @@ DEFAULTS = {
     "crop_padding": 0.2,
     "cache_dir": "runs/cache",
     "box": {"dark": 0.85, "purple": 25.0, "close": 15, "fallback_side": 0.36},
+    "cell_context": 0.6,                  # cells of annotated fields: cached with this · their side around them
+    "cell_max_side": 400,                 # ... and at most this many pixels a side
+    "sources": None,                      # [{"name", "kind": "folders" | "bccd", ...}] (bloodcv.cell_sources)
+    "exclude_sources": [],                # sources that only test (leave-one-source-out)
+    "sampling": "shuffle",                # or "balanced": each (source, class) group drawn ∝ its size ** -balance_power
+    "balance_power": 0.5,
+    "calibrate": False,                   # temperature scaling on the validation split, written to the model file
+    "uncertain_below": 0.5,               # with calibrate: the model file's threshold for "uncertain"
+    "stain_targets": False,               # Reinhard and Macenko targets of the training cells in the model file
+    "stain_default": "none",              # ... and the method the model file recommends to pipelines
+    "common_types": [],                   # per-source test: balanced accuracy over these labels too
     "model": {"name": "resnet_ibn"},
     "epochs": 30,
     "batch_size": 64,
@@ -103,6 +113,14 @@ DEFAULTS = {
         "hue": 0.03,                      # fraction of a full turn of the chroma plane
         "blur_p": 0.25, "blur_sigma": [0.3, 1.2],
         "noise_p": 0.25, "noise_sigma": 0.03,
+        # Other laboratories' stains and optics (0 / off by default; each draws random numbers only when on):
+        "stain_scale": 0.0,               # each stain's amount (H&E colour deconvolution) scaled by U(1 - s, 1 + s)
+        "stain_shift": 0.0,               # ... and shifted by U(-s, s) in optical density
+        "white_balance": 0.0,             # each channel's gain U(1 - w, 1 + w)
+        "gamma": 0.0,                     # intensity ** exp(U(-g, g))
+        "grayscale_p": 0.0,
+        "downscale_p": 0.0, "downscale": [0.35, 1.0],   # resolution: down by U(lo, hi), back up (bilinear)
+        "jpeg_p": 0.0, "jpeg_quality": [30, 95],
     },
     "export": "models/classifier.pt",
     "out": "runs/classifier",
@@ -137,42 +155,42 @@ def label_groups(cfg: dict) -> tuple[list[str], dict[str, int]]:
 
 
 # --- data and split -------------------------------------------------------------------------------------
-def list_samples(root, folders: dict[str, int]) -> list[tuple[str, int, str]]:
-    """[(path relative to root, label index, folder)], sorted by folder then file name."""
-    root = Path(root)
+def list_samples(root, folders: dict[str, int]) -> list[CellSample]:
+    """Samples of one dataset's class folders (folder → label index), files relative to root."""
+    return folder_samples(root, folders)
+
+
+def samples_of(cfg: dict, labels: list[str], folders: dict[str, int]) -> tuple[list[CellSample], dict[str, list[int]]]:
+    """The samples of every source and their split; the training sources' detector boxes join their train
+    split; sources in cfg["exclude_sources"] keep only their test split (leave-one-source-out)."""
+    if not cfg.get("sources"):
+        samples = list_samples(cfg["data_root"], folders)
+        return samples, stratified_split(samples, cfg["split"], cfg["seed"])
     samples = []
-    for folder in sorted(folders):
-        d = root / folder
-        if not d.is_dir():
-            raise FileNotFoundError(f"class folder {d} does not exist")
-        files = sorted(p.name for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
-            raise FileNotFoundError(f"class folder {d} holds no images")
-        samples += [(f"{folder}/{name}", folders[folder], folder) for name in files]
-    return samples
-
-
-def stratified_split(samples, fractions: dict, seed: int) -> dict[str, list[int]]:
-    """Indices of samples per split name, in the order of `fractions`; each folder split in the same
-    proportions (largest-remainder rounding), shuffled with a generator seeded by (seed, crc32(folder))."""
-    names = list(fractions)
-    total = sum(fractions.values())
-    out = {n: [] for n in names}
-    by_folder: dict[str, list[int]] = {}
-    for i, s in enumerate(samples):
-        by_folder.setdefault(s[2], []).append(i)
-    for folder, idx in sorted(by_folder.items()):
-        rng = np.random.default_rng([seed, zlib.crc32(folder.encode())])
-        order = [idx[j] for j in rng.permutation(len(idx))]
-        exact = [len(idx) * fractions[n] / total for n in names]
-        counts = [int(math.floor(e)) for e in exact]
-        for j in sorted(range(len(names)), key=lambda j: counts[j] - exact[j])[: len(idx) - sum(counts)]:
-            counts[j] += 1
-        start = 0
-        for n, c in zip(names, counts):
-            out[n] += sorted(order[start:start + c])
-            start += c
-    return out
+    for source in cfg["sources"]:
+        unknown = set(source) - {"name", "kind", "root", "classes", "types", "detector", "citation", "licence", "description"}
+        if unknown:
+            raise ValueError(f"source {source.get('name')!r}: unknown keys {sorted(unknown)}")
+        if source["kind"] == "folders":
+            mapping = {folder: labels.index(label) for label, fs in source["classes"].items() for folder in fs}
+            samples += folder_samples(source["root"], mapping, source["name"])
+        elif source["kind"] == "bccd":
+            samples += bccd_samples(source["root"], source["types"], labels, source["name"])
+        else:
+            raise ValueError(f"source {source['name']!r}: kind must be folders or bccd, got {source['kind']!r}")
+    split = split_samples(samples, cfg["split"], cfg["seed"])
+    excluded = set(cfg.get("exclude_sources") or [])
+    unknown = excluded - {src["name"] for src in cfg["sources"]}
+    if unknown:
+        raise ValueError(f"exclude_sources names no source: {sorted(unknown)}")
+    for name in ("train", "val"):
+        split[name] = [i for i in split.get(name, []) if samples[i].source not in excluded]
+    for source in cfg["sources"]:
+        if source.get("detector") and source["name"] not in excluded:
+            extra = detector_samples(samples, [i for i in split["train"] if samples[i].source == source["name"]], source["detector"])
+            split["train"] += list(range(len(samples), len(samples) + len(extra)))
+            samples += extra
+    return samples, split
 
 
 def write_split(path, samples, split: dict[str, list[int]], labels: list[str]) -> None:
@@ -251,33 +269,57 @@ def runtime_input(bgr_crop: np.ndarray, size: int, inp: dict) -> torch.Tensor:
     return (t * inp["scale"] - mean) / std
 
 
-def build_cache(root, files: list[str], cfg: dict, cache_dir=None, progress: bool = True) -> dict:
-    """{"images": uint8 [N, 3, H, W] RGB (each image at the top left of an H×W canvas of the largest size,
-    the rest pad_value), "boxes": float [N, 4] estimated cell boxes in pixels, "found": bool [N],
-    "files"}, cached on disk under cache_dir keyed by the files, their sizes and the settings."""
+def cell_image(bgr: np.ndarray, box, cfg: dict) -> tuple[np.ndarray, np.ndarray, bool]:
+    """(pixels, cell box in them, whether the box was found) for the cache. An image without a box is one
+    centred cell: kept whole, its box estimated. A field with a box: the box with cell_context · its longer
+    side around it (room for the widest training crop), at most cell_max_side pixels a side (INTER_AREA)."""
+    import cv2
+    if box is None:
+        found_box, ok = estimate_cell_box(bgr, **cfg["box"])
+        return bgr, found_box, ok
+    x1, y1, x2, y2 = (float(v) for v in box)
+    margin = cfg["cell_context"] * max(x2 - x1, y2 - y1)
+    rx1, ry1 = max(0, int(math.floor(x1 - margin))), max(0, int(math.floor(y1 - margin)))
+    rx2, ry2 = min(bgr.shape[1], int(math.ceil(x2 + margin))), min(bgr.shape[0], int(math.ceil(y2 + margin)))
+    crop = bgr[ry1:ry2, rx1:rx2]
+    local = np.array([x1 - rx1, y1 - ry1, x2 - rx1, y2 - ry1], np.float32)
+    scale = min(1.0, cfg["cell_max_side"] / max(crop.shape[:2]))
+    if scale < 1.0:
+        crop = cv2.resize(crop, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+        local *= scale
+    return crop, local, True
+
+
+def build_cache(root, files: list[str], cfg: dict, cache_dir=None, progress: bool = True, boxes=None) -> dict:
+    """{"images": uint8 [N, 3, H, W] RGB (each cell image at the top left of an H×W canvas of the largest size,
+    the rest pad_value), "boxes": float [N, 4] cell boxes in those pixels, "found": bool [N], "files"}, cached
+    on disk under cache_dir keyed by the files, their sizes and the settings. files are relative to root (or
+    absolute); boxes: per file the cell's box in image pixels, or None for a centred single cell (cell_image)."""
     import cv2
     root = Path(root)
-    key_src = json.dumps([str(root.resolve()), files, [os.path.getsize(root / f) for f in files], cfg["box"],
-                          cfg["input"]["pad_value"], 3])
-    key = hashlib.sha1(key_src.encode()).hexdigest()[:16]
+    boxes = boxes or [None] * len(files)
+    key_parts = [str(root.resolve()), files, [os.path.getsize(root / f) for f in files], cfg["box"], cfg["input"]["pad_value"], 3]
+    if any(b is not None for b in boxes):  # single-cell datasets keep the key (and cache) they always had
+        key_parts += [[None if b is None else [round(float(v), 3) for v in b] for b in boxes], cfg["cell_context"], cfg["cell_max_side"]]
+    key = hashlib.sha1(json.dumps(key_parts).encode()).hexdigest()[:16]
     path = Path(cache_dir) / f"cells_native_{key}.pt" if cache_dir else None
     if path is not None and path.exists():
         return torch.load(path)
-    decoded, boxes, found = [], torch.empty(len(files), 4), torch.empty(len(files), dtype=torch.bool)
+    decoded, cell_boxes, found = [], torch.empty(len(files), 4), torch.empty(len(files), dtype=torch.bool)
     for i, f in enumerate(_progress(files, "cache", progress)):
         bgr = cv2.imread(str(root / f), cv2.IMREAD_COLOR)
         if bgr is None:
             raise IOError(f"cannot read {root / f}")
-        box, ok = estimate_cell_box(bgr, **cfg["box"])
-        boxes[i], found[i] = torch.from_numpy(box), ok
-        decoded.append(bgr)
+        pixels, box, ok = cell_image(bgr, boxes[i], cfg)
+        cell_boxes[i], found[i] = torch.from_numpy(np.asarray(box, np.float32)), ok
+        decoded.append(pixels)
     h = max(b.shape[0] for b in decoded)
     w = max(b.shape[1] for b in decoded)
     images = torch.full((len(files), 3, h, w), int(round(cfg["input"]["pad_value"])), dtype=torch.uint8)
     for i in range(len(decoded)):
         bgr, decoded[i] = decoded[i], None
         images[i, :, :bgr.shape[0], :bgr.shape[1]] = torch.from_numpy(np.ascontiguousarray(bgr[:, :, ::-1])).permute(2, 0, 1)
-    cache = {"images": images, "boxes": boxes, "found": found, "files": list(files)}
+    cache = {"images": images, "boxes": cell_boxes, "found": found, "files": list(files)}
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".partial")
@@ -336,8 +378,15 @@ def make_batch(images: torch.Tensor, centre: torch.Tensor, half: torch.Tensor, c
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + pad_value
     x = x / 255.0
     if augment:
+        x = _stain_and_optics(x, a, g)
         x = _color_jitter(x, a, g)
+        if a["grayscale_p"] > 0:
+            on = (torch.rand(n, generator=g) < a["grayscale_p"]).view(n, 1, 1, 1)
+            gray = (x * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True).expand_as(x)
+            x = torch.where(on, gray, x)
         x = _blur(x, a, g)
+        x = _downscale(x, a, g)
+        x = _jpeg(x, a, g)
         if a["noise_p"] > 0:
             on = (torch.rand(n, generator=g) < a["noise_p"]).float()
             sigma = on * _uniform(g, n, 0, a["noise_sigma"])
@@ -349,6 +398,62 @@ def make_batch(images: torch.Tensor, centre: torch.Tensor, half: torch.Tensor, c
     if inp["color"] == "bgr":
         x = x.flip(1)
     return (x * (255.0 * inp["scale"]) - mean) / std
+
+
+# Ruifrok and Johnston's haematoxylin, eosin and residual optical-density vectors (rows; RGB columns).
+_STAINS = torch.nn.functional.normalize(torch.tensor([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]]), dim=1)
+
+
+def _stain_and_optics(x, a, g):
+    """Another laboratory's stain batch (H&E amounts scaled and shifted in optical density), white balance
+    and gamma; each only when its amount is above 0."""
+    n = x.shape[0]
+    if a["stain_scale"] > 0 or a["stain_shift"] > 0:
+        od = -torch.log(x.clamp(min=1 / 255))
+        amounts = torch.einsum("nchw,ck->nkhw", od, torch.linalg.inv(_STAINS))
+        scale = torch.ones(n, 3)
+        shift = torch.zeros(n, 3)
+        scale[:, :2] = _uniform(g, 2 * n, 1 - a["stain_scale"], 1 + a["stain_scale"]).view(n, 2)
+        shift[:, :2] = _uniform(g, 2 * n, -a["stain_shift"], a["stain_shift"]).view(n, 2)
+        amounts = amounts * scale.view(n, 3, 1, 1) + shift.view(n, 3, 1, 1) * (amounts[:, :2].sum(1, keepdim=True) > 0.05)
+        x = torch.exp(-torch.einsum("nkhw,kc->nchw", amounts, _STAINS)).clamp(0, 1)
+    if a["white_balance"] > 0:
+        x = (x * _uniform(g, 3 * n, 1 - a["white_balance"], 1 + a["white_balance"]).view(n, 3, 1, 1)).clamp(0, 1)
+    if a["gamma"] > 0:
+        x = x.clamp(min=1e-4) ** torch.exp(_uniform(g, n, -a["gamma"], a["gamma"])).view(n, 1, 1, 1)
+    return x
+
+
+def _downscale(x, a, g):
+    """Lower resolution (another microscope, objective or camera): down by a random factor and back up."""
+    if a["downscale_p"] <= 0:
+        return x
+    n, _, h, w = x.shape
+    on = torch.rand(n, generator=g) < a["downscale_p"]
+    factor = _uniform(g, n, *a["downscale"])
+    out = x.clone()
+    for i in torch.nonzero(on).flatten().tolist():
+        size = (max(4, int(round(h * factor[i].item()))), max(4, int(round(w * factor[i].item()))))
+        small = F.interpolate(x[i:i + 1], size=size, mode="bilinear", align_corners=False, antialias=True)
+        out[i:i + 1] = F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)
+    return out
+
+
+def _jpeg(x, a, g):
+    """JPEG compression at a random quality, as other scanners and cameras save their images."""
+    if a["jpeg_p"] <= 0:
+        return x
+    import cv2
+    n = x.shape[0]
+    on = torch.rand(n, generator=g) < a["jpeg_p"]
+    quality = torch.randint(a["jpeg_quality"][0], a["jpeg_quality"][1] + 1, (n,), generator=g)
+    out = x.clone()
+    for i in torch.nonzero(on).flatten().tolist():
+        rgb = (x[i].permute(1, 2, 0).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+        ok, data = cv2.imencode(".jpg", np.ascontiguousarray(rgb[:, :, ::-1]), [cv2.IMWRITE_JPEG_QUALITY, int(quality[i])])
+        decoded = cv2.imdecode(data, cv2.IMREAD_COLOR)[:, :, ::-1]
+        out[i] = torch.from_numpy(np.ascontiguousarray(decoded)).permute(2, 0, 1).float() / 255
+    return out
 
 
 _TO_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
@@ -483,6 +588,20 @@ def classification_metrics(pred, target, labels) -> dict:
             "confusion_matrix": {"rows_true_cols_pred": labels, "matrix": cm.tolist()}}
 
 
+def epoch_order(train_idx: torch.Tensor, groups, cfg: dict, g: torch.Generator) -> torch.Tensor:
+    """Positions into train_idx for one epoch: a permutation ("shuffle"), or ("balanced") len(train_idx)
+    draws with replacement, each sample weighted by its (source, class) group's size ** -balance_power, so
+    that small groups (BCCD's few lymphocytes) are seen more often without drowning the large ones."""
+    if cfg["sampling"] == "shuffle":
+        return torch.randperm(len(train_idx), generator=g)
+    if cfg["sampling"] != "balanced":
+        raise ValueError(f"sampling must be shuffle or balanced, got {cfg['sampling']!r}")
+    group = torch.as_tensor(groups)[train_idx]
+    sizes = torch.bincount(group).float()
+    weights = sizes[group] ** -cfg["balance_power"]
+    return torch.multinomial(weights, len(train_idx), replacement=True, generator=g)
+
+
 def train(cfg: dict, out_dir, data: dict, resume: bool = False, max_epochs: int | None = None,
           max_steps_per_epoch: int | None = None, progress: bool = True, log=print) -> dict:
     """Trains on data = {"images", "centre", "half", "labels" (long), "train", "val" (index lists)}; writes
@@ -523,7 +642,7 @@ def train(cfg: dict, out_dir, data: dict, resume: bool = False, max_epochs: int 
     for epoch in range(start_epoch, end_epoch):
         t0 = time.time()
         g = _epoch_generator(cfg["seed"], epoch)
-        order = train_idx[torch.randperm(len(train_idx), generator=g)]
+        order = train_idx[epoch_order(train_idx, data.get("groups"), cfg, g)]
         model.train()
         losses, metric_losses, correct, seen = [], [], 0, 0
         bar = _progress(range(steps), f"epoch {epoch + 1}/{cfg['epochs']}", progress, total=steps)
@@ -569,32 +688,92 @@ def train(cfg: dict, out_dir, data: dict, resume: bool = False, max_epochs: int 
 
 # --- evaluation on the held-out split, through the runtime's path ------------------------------------------
 @torch.no_grad()
-def evaluate_runtime_path(model, root, files, boxes, targets, labels, cfg, padding=None, batch_size=128,
-                          progress=True) -> dict:
-    """Metrics of the model on the original image files, each cropped around its box as the C++ runtime
-    crops a detection (crop_like_runtime, runtime_input)."""
+@torch.no_grad()
+def runtime_logits(model, root, files, boxes, cfg, padding=None, batch_size=128, progress=True) -> torch.Tensor:
+    """Logits of the model on the original image files, each cropped around its box (image pixels) as the
+    C++ runtime crops a detection (crop_like_runtime, runtime_input)."""
     import cv2
     model.eval()
     pad = cfg["crop_padding"] if padding is None else padding
-    preds = []
-    batch = []
+    out, batch = [], []
     for i, f in enumerate(_progress(files, f"test (padding {pad})", progress)):
         bgr = cv2.imread(str(Path(root) / f), cv2.IMREAD_COLOR)
-        batch.append(runtime_input(crop_like_runtime(bgr, boxes[i], pad, cfg["input"]["pad_value"]),
-                                   cfg["input_size"], cfg["input"]))
+        batch.append(runtime_input(crop_like_runtime(bgr, boxes[i], pad, cfg["input"]["pad_value"]), cfg["input_size"], cfg["input"]))
         if len(batch) == batch_size or i == len(files) - 1:
-            preds.append(model(torch.stack(batch)).argmax(1))
+            out.append(model(torch.stack(batch)))
             batch = []
-    pred = torch.cat(preds) if preds else torch.empty(0, dtype=torch.long)
-    return classification_metrics(pred, torch.as_tensor(targets), labels)
+    return torch.cat(out) if out else torch.empty(0, cfg["num_classes"])
 
 
-def export(model, cfg, labels, path, training: dict) -> Path:
+def evaluate_runtime_path(model, root, files, boxes, targets, labels, cfg, padding=None, batch_size=128,
+                          progress=True) -> dict:
+    """Metrics of the model on the original image files, cropped as the C++ runtime crops (runtime_logits)."""
+    logits = runtime_logits(model, root, files, boxes, cfg, padding, batch_size, progress)
+    return classification_metrics(logits.argmax(1), torch.as_tensor(targets), labels)
+
+
+# --- calibration ----------------------------------------------------------------------------------------
+def expected_calibration_error(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0, bins: int = 15) -> float:
+    """ECE: over equal-width bins of the top probability, the gap between mean confidence and accuracy,
+    weighted by the bin's share of the samples."""
+    if len(targets) == 0:
+        return float("nan")
+    prob = torch.softmax(logits / temperature, 1)
+    confidence, predicted = prob.max(1)
+    correct = (predicted == targets).float()
+    edges = torch.linspace(0, 1, bins + 1)
+    ece = 0.0
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        inside = (confidence > lo) & (confidence <= hi)
+        if inside.any():
+            ece += inside.float().mean().item() * abs(confidence[inside].mean().item() - correct[inside].mean().item())
+    return ece
+
+
+def fit_temperature(logits: torch.Tensor, targets: torch.Tensor) -> float:
+    """The temperature T > 0 that minimises the negative log-likelihood of softmax(logits / T) (Guo et al.
+    2017), by golden-section search over log T in [-3, 3]."""
+    def nll(log_t):
+        return F.cross_entropy(logits / math.exp(log_t), targets).item()
+    lo, hi = -3.0, 3.0
+    ratio = (math.sqrt(5) - 1) / 2
+    a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
+    fa, fb = nll(a), nll(b)
+    for _ in range(60):
+        if fa < fb:
+            hi, b, fb = b, a, fa
+            a = hi - ratio * (hi - lo)
+            fa = nll(a)
+        else:
+            lo, a, fa = a, b, fb
+            b = lo + ratio * (hi - lo)
+            fb = nll(b)
+    return math.exp((lo + hi) / 2)
+
+
+def stain_targets(images: torch.Tensor, boxes: torch.Tensor, indices, cfg: dict, count: int = 64) -> dict:
+    """Reinhard and Macenko targets (model-file "stain" entries) of a mosaic of `count` training cells,
+    each cropped as the runtime crops it, drawn with the recipe's seed."""
+    import cv2
+    import bloodcv
+    rng = np.random.default_rng(cfg["seed"])
+    chosen = rng.choice(np.asarray(indices), size=min(count, len(indices)), replace=False)
+    side = int(math.ceil(math.sqrt(len(chosen))))
+    s = cfg["input_size"]
+    mosaic = np.full((side * s, side * s, 3), 255, np.uint8)
+    for k, i in enumerate(chosen):
+        bgr = np.ascontiguousarray(images[i].permute(1, 2, 0).numpy()[:, :, ::-1])
+        crop = crop_like_runtime(bgr, boxes[i].tolist(), cfg["crop_padding"], cfg["input"]["pad_value"])
+        mosaic[(k // side) * s:(k // side + 1) * s, (k % side) * s:(k % side + 1) * s] = cv2.resize(crop, (s, s), interpolation=cv2.INTER_AREA)
+    return {method: json.loads(bloodcv.fit_stain_target(method, mosaic)) for method in ("reinhard", "macenko")}
+
+
+def export(model, cfg, labels, path, training: dict, extra: dict | None = None) -> Path:
     from .export import export_model
     s = cfg["input_size"]
     meta = {"format": "bloodcv-model", "version": 1, "task": "classification", "name": cfg["name"],
             "labels": labels, "input_size": [s, s], "input": dict(cfg["input"], resize="stretch"),
-            "crop_padding": cfg["crop_padding"], "training": training}
+            "crop_padding": cfg["crop_padding"], "training": training, **(extra or {})}
     torch.manual_seed(0)
     example = torch.randn(2, 3, s, s)
     return export_model(model.eval(), path, meta, example)
@@ -612,6 +791,8 @@ def run(args) -> int:
         overrides["epochs"] = args.epochs
     if args.data_root:
         overrides["data_root"] = args.data_root
+    if args.exclude_source:
+        overrides["exclude_sources"] = args.exclude_source
     cfg = load_config(args.config, overrides)
     out_dir = Path(args.out or cfg["out"])
     export_path = Path(args.export_path or cfg["export"])
@@ -635,25 +816,30 @@ def run(args) -> int:
 
     command = "python -m bloodcv.train classifier " + " ".join(shlex.quote(a) for a in args.argv)
     log(f"command: {command}")
-    root = Path(cfg["data_root"])
-    samples = list_samples(root, folders)
-    split = stratified_split(samples, cfg["split"], cfg["seed"])
+    multi_source = bool(cfg.get("sources"))
+    root = Path("." if multi_source else cfg["data_root"])  # several sources: files are full paths
+    samples, split = samples_of(cfg, labels, folders)
     write_split(out_dir / "split.csv", samples, split, labels)
     summary = split_summary(samples, split, labels)
     log(f"{len(samples)} images, {len(labels)} labels {labels}; split " +
         ", ".join(f"{k} {v['total']}" for k, v in summary.items()))
+    if multi_source:
+        log("by source: " + "; ".join(f"{src['name']}: " + ", ".join(
+            f"{k} {sum(1 for i in idx if samples[i].source == src['name'])}" for k, idx in split.items()) for src in cfg["sources"])
+            + (f" (excluded from training: {', '.join(cfg['exclude_sources'])})" if cfg["exclude_sources"] else ""))
     (out_dir / "config.json").write_text(json.dumps(cfg, indent=1))
 
     t0 = time.time()
-    files = [s[0] for s in samples]
-    cache = build_cache(root, files, cfg, cfg["cache_dir"], progress=not args.quiet)
+    files = [s.file for s in samples]
+    cache = build_cache(root, files, cfg, cfg["cache_dir"], progress=not args.quiet, boxes=[s.box for s in samples])
     found = cache["found"]
     log(f"cache ready ({time.time() - t0:.0f} s): {tuple(cache['images'].shape)} uint8, "
         f"cell box found in {int(found.sum())}/{len(found)} (the rest: centred fallback box)")
-    targets = torch.tensor([s[1] for s in samples], dtype=torch.long)
+    targets = torch.tensor([s.label for s in samples], dtype=torch.long)
     centre, half = normalised_boxes(cache["boxes"], cache["images"].shape[3], cache["images"].shape[2])
+    group_names = sorted({s.group for s in samples})
     data = {"images": cache["images"], "centre": centre, "half": half, "labels": targets,
-            "train": split["train"], "val": split.get("val", [])}
+            "groups": [group_names.index(s.group) for s in samples], "train": split["train"], "val": split.get("val", [])}
 
     if args.export_only:
         ck_path = out_dir / "last.pt"
@@ -672,17 +858,29 @@ def run(args) -> int:
 
     test_idx = split.get("test", [])
     test_files = [files[i] for i in test_idx]
-    test_boxes = cache["boxes"][test_idx].numpy() if test_idx else np.zeros((0, 4))
+    # The runtime crops around a box in image pixels: the annotated one, or the one estimated on the whole image.
+    test_boxes = np.array([samples[i].box if samples[i].box is not None else cache["boxes"][i].tolist() for i in test_idx],
+                          np.float32).reshape(-1, 4)
     metrics = {"name": cfg["name"], "labels": labels, "input_size": cfg["input_size"], "model": cfg["model"],
                "parameters": sum(p.numel() for p in model.parameters()), "epochs": len(history),
                "train_wall_time_s": round(history[-1]["elapsed_s"], 1) if history else 0.0,
                "split": {"seed": cfg["seed"], "fractions": cfg["split"], "counts": summary, "file": "split.csv"},
                "cell_box_found": {"found": int(found.sum()), "total": len(found)},
                "history": [{k: v for k, v in h.items() if k != "step_losses"} for h in history]}
+    temperature = 1.0
+    if cfg["calibrate"] and data["val"]:
+        vi = torch.tensor(data["val"], dtype=torch.long)
+        val_logits = predict(model, data["images"][vi], centre[vi], half[vi], cfg)
+        temperature = fit_temperature(val_logits, targets[vi])
+        metrics["calibration"] = {"temperature": temperature, "uncertain_below": cfg["uncertain_below"],
+                                  "val_ece_before": expected_calibration_error(val_logits, targets[vi]),
+                                  "val_ece_after": expected_calibration_error(val_logits, targets[vi], temperature)}
+        log(f"calibration: temperature {temperature:.3f}; validation ECE {metrics['calibration']['val_ece_before']:.4f} → "
+            f"{metrics['calibration']['val_ece_after']:.4f}")
     if test_idx:
         t1 = time.time()
-        test = evaluate_runtime_path(model, root, test_files, test_boxes, targets[test_idx], labels, cfg,
-                                     progress=not args.quiet)
+        logits = runtime_logits(model, root, test_files, test_boxes, cfg, progress=not args.quiet)
+        test = classification_metrics(logits.argmax(1), targets[test_idx], labels)
         metrics["test"] = test
         metrics["test_crop_padding_sweep"] = {}
         for p in cfg.get("eval_paddings", [0.1, 0.35]):
@@ -691,8 +889,11 @@ def run(args) -> int:
             metrics["test_crop_padding_sweep"][str(p)] = {"accuracy": m["accuracy"], "balanced_accuracy": m["balanced_accuracy"]}
         cached = predict(model, cache["images"][test_idx], centre[test_idx], half[test_idx], cfg).argmax(1)
         metrics["test_cached_path_accuracy"] = (cached == targets[test_idx]).float().mean().item()
+        if multi_source:
+            metrics["test_by_source"] = source_metrics(samples, test_idx, logits, targets[test_idx], labels, temperature, out_dir,
+                                                       cfg, log)
         log(f"test ({time.time() - t1:.0f} s): accuracy {test['accuracy']:.4f}, balanced {test['balanced_accuracy']:.4f}; "
-            + ", ".join(f"{k} {v:.3f}" for k, v in test["recall"].items()))
+            + ", ".join(f"{k} {v:.3f}" for k, v in test["recall"].items() if v is not None))
         log("test confusion matrix (rows true, columns predicted):\n" + "\n".join(
             f"  {lab:>12s} " + " ".join(f"{v:4d}" for v in row)
             for lab, row in zip(labels, test["confusion_matrix"]["matrix"])))
@@ -700,18 +901,55 @@ def run(args) -> int:
             log(f"test at crop_padding {p}: accuracy {m['accuracy']:.4f}")
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
 
+    sources = cfg["sources"] or [{"name": cfg["data_name"], "root": cfg["data_root"], "classes": cfg["classes"],
+                                  "citation": cfg["data_citation"], "licence": cfg["data_licence"]}]
     training = {"data": {"dataset": cfg["data_name"], "root": cfg["data_root"],
-                         "classes": cfg["classes"], "citation": cfg["data_citation"], "licence": cfg["data_licence"]},
+                         "classes": cfg["classes"], "citation": cfg["data_citation"], "licence": cfg["data_licence"]}
+                if not multi_source else {"sources": sources, "excluded": cfg["exclude_sources"]},
                 "split": {"seed": cfg["seed"], "fractions": cfg["split"],
                           "counts": {k: v["total"] for k, v in summary.items()},
-                          "method": "stratified by class folder, each shuffled with numpy default_rng((seed, crc32(folder)))"},
+                          "method": "stratified by class folder, each shuffled with numpy default_rng((seed, crc32(folder)))"
+                                    + ("; BCCD's own test ids are the BCCD test split" if multi_source else "")},
                 "command": command, "config": str(args.config), "model": cfg["model"], "epochs": len(history),
                 "recipe": "bloodcv.train_classifier: crops around an estimated cell box framed like the runtime, "
-                          "AdamW/cosine, label smoothing, flips/rot90/colour/blur/noise/crop jitter",
+                          "AdamW/cosine, label smoothing, flips/rot90/colour/blur/noise/crop jitter"
+                          + (", stain/white-balance/gamma/grayscale/resolution/JPEG jitter" if cfg["augment"]["stain_scale"] > 0 else ""),
                 "metrics": _metrics_summary(metrics["test"]) if "test" in metrics else None}
-    export(model, cfg, labels, export_path, training)
+    extra = {}
+    if cfg["calibrate"] and "calibration" in metrics:
+        c = metrics["calibration"]
+        extra["calibration"] = {"temperature": round(c["temperature"], 5), "uncertain_below": c["uncertain_below"],
+                                "method": "temperature scaling on the validation split",
+                                "ece": {"validation_before": round(c["val_ece_before"], 5), "validation_after": round(c["val_ece_after"], 5)}}
+    if cfg["stain_targets"]:
+        extra["stain"] = {"default": cfg.get("stain_default", "none"), **stain_targets(data["images"], cache["boxes"], data["train"], cfg)}
+    export(model, cfg, labels, export_path, training, extra)
     log(f"exported {export_path} ({export_path.stat().st_size / 1e6:.2f} MB)")
     return 0
+
+
+def source_metrics(samples, test_idx, logits, targets, labels, temperature, out_dir, cfg, log) -> dict:
+    """Per source: the metrics of its test split, the balanced accuracy over the common white-cell types it
+    has (cfg["common_types"]), the calibration error before and after temperature scaling, and its
+    confusion matrix as confusion_<source>.png (bloodcv.eval's classification report)."""
+    import cv2
+    from . import eval as bev
+    out = {}
+    sources = [samples[i].source for i in test_idx]
+    for name in sorted(set(sources)):
+        rows = torch.tensor([k for k, src in enumerate(sources) if src == name])
+        m = classification_metrics(logits[rows].argmax(1), targets[rows], labels)
+        present = [t for t in cfg.get("common_types", []) if m["recall"].get(t) is not None]
+        m["balanced_accuracy_common"] = float(np.mean([m["recall"][t] for t in present])) if present else None
+        m["ece_before"] = expected_calibration_error(logits[rows], targets[rows])
+        m["ece_after"] = expected_calibration_error(logits[rows], targets[rows], temperature)
+        report = bev.evaluate_classification(targets[rows].tolist(), logits[rows].argmax(1).tolist(), labels)
+        cv2.imwrite(str(out_dir / f"confusion_{name}.png"), report.confusion_image())
+        out[name] = m
+        log(f"test on {name} ({m['n']} cells): accuracy {m['accuracy']:.4f}, balanced {m['balanced_accuracy']:.4f}"
+            + (f", balanced on {'/'.join(present)} {m['balanced_accuracy_common']:.4f}" if present else "")
+            + f", ECE {m['ece_before']:.4f} → {m['ece_after']:.4f}")
+    return out
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -722,5 +960,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--export-path", help="model file to write; default: the config's 'export'")
     p.add_argument("--data-root", help="dataset root (class folders); default: the config's")
     p.add_argument("--epochs", type=int, help="override the config's epochs")
+    p.add_argument("--exclude-source", action="append", default=None, metavar="NAME",
+                   help="train without this source (it is still tested): leave-one-source-out; may be repeated")
     p.add_argument("--max-steps", type=int, help="at most this many steps per epoch (smoke runs)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -83,6 +83,29 @@ void bind_eval(py::module_& root) {
           },
           "Image names (file names without extension), as a list of str in reading order: predictions find their image by "
           "this name.")
+      .def(
+          "boxes",
+          [](const eval::GroundTruth& g, const std::string& image) {
+            const auto it = std::find_if(g.images.begin(), g.images.end(), [&](const auto& im) { return im.image == image; });
+            if (it == g.images.end()) throw py::key_error(fmt::format("no image '{}' in the ground truth", image));
+            std::vector<Box> boxes;
+            std::vector<std::int64_t> labels;
+            std::vector<std::uint8_t> ignore;
+            for (const auto& b : it->boxes) {
+              boxes.push_back(b.box);
+              labels.push_back(b.label);
+              ignore.push_back(b.ignore);
+            }
+            py::dict out;
+            out["boxes"] = boxes_to_numpy(std::move(boxes));
+            out["labels"] = to_numpy(std::move(labels));
+            out["ignore"] = to_numpy(std::move(ignore)).attr("astype")("bool");
+            out["size"] = py::make_tuple(it->size.width, it->size.height);
+            return out;
+          },
+          py::arg("image"),
+          "One image's annotations: a dict of \"boxes\" (N, 4) float32 [x1, y1, x2, y2] in pixels, \"labels\" (N,) int64 "
+          "indices into labels, \"ignore\" (N,) bool, and \"size\" (width, height). KeyError for an unknown image.")
       .def("__len__", [](const eval::GroundTruth& g) { return g.images.size(); });
   py::class_<eval::Predictions>(
       m, "Predictions",
