@@ -9,6 +9,9 @@
   pipeline finds it (IoU >= 0.5) and types it right → models/pipeline.chain.json / .md.
 - CPU latency of every model in models/ (detectors per tile, classifiers per cell) → models/latency.md
   (alone: --latency).
+- with --wbc: the white-cell classifier's tables from scripts/wbc_sources.sh's runs (runs/wbc/<variant>/metrics.json):
+  per source, and each source held out → models/wbc_classifier.sources.md / .json and confusion images; and
+  the chain above.
 - with --retinanet: models/retinanet_pan_iou.pt (→ retinanet_pan_iou.eval.md / .eval.json) and the
   ablation variants that scripts/retinanet_ablation.sh trained (runs/retinanet/<variant>/model.pt) on the
   same split → models/retinanet_pan_iou.ablation.md / .json: AP50, AP75, AP90 and AP50:95 per variant.
@@ -16,13 +19,11 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import statistics
 import subprocess
 import sys
 import time
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,7 @@ import torch
 
 import bloodcv
 from bloodcv import eval as bev
+from bloodcv.cell_sources import bccd_samples
 from bloodcv.export import load_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -103,50 +105,89 @@ def evaluate_retinanet_ablation(bccd: Path, out: Path) -> list:
     return rows
 
 
-def known_white_cells(bccd: Path, labels_csv: Path, ids: list[str]) -> dict:
-    """{image: [(box, type)]} for test images with one WBC box and one known type."""
-    types = {}
-    with open(labels_csv) as f:
-        for row in csv.DictReader(f):
-            category = (row.get("category") or "").strip()
-            if category and "," not in category:
-                types[row["image"].strip()] = category.lower()
-    truth = {}
-    for image_id in ids:
-        if image_id not in types or not (bccd / "JPEGImages" / f"{image_id}.jpg").exists():
-            continue
-        wbcs = [o.find("bndbox") for o in ET.parse(bccd / "Annotations" / f"{image_id}.xml").getroot().iter("object")
-                if o.findtext("name").strip() == "WBC"]
-        if len(wbcs) == 1:
-            box = [float(wbcs[0].findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax")]
-            truth[image_id] = [(box, types[image_id])]
-    return truth
+WBC_TYPES = {"NEUTROPHIL": "neutrophil", "EOSINOPHIL": "eosinophil", "LYMPHOCYTE": "lymphocyte", "MONOCYTE": "monocyte",
+             "BASOPHIL": "basophil"}
+
+
+def known_white_cells(datasets: Path) -> dict:
+    """{image: [(box, type)]}: BCCD's test fields with one WBC box and one known type (the classifier
+    recipe's BCCD test cells, bloodcv.cell_sources.bccd_samples)."""
+    labels = sorted(WBC_TYPES.values())
+    return {Path(s.file).stem: [(list(s.box), labels[s.label])]
+            for s in bccd_samples(datasets / "bccd", WBC_TYPES, labels) if s.fixed_split == "test"}
 
 
 def evaluate_chain(detector: Path, classifier: Path, bccd: Path, datasets: Path, out: Path) -> dict:
-    ids = (bccd / "ImageSets" / "Main" / "test.txt").read_text().split()
-    truth = known_white_cells(bccd, datasets / "bccd" / "wbc_labels.csv", ids)
-    det = bloodcv.TorchScriptDetector(str(detector))
-    pipeline = bloodcv.Pipeline(det, bloodcv.TorchScriptClassifier(str(classifier)))
+    """The default pair end to end, built as `bloodcv analyze` builds it (the classifier file's calibration,
+    threshold and stain normalisation): a cell typed "uncertain" is found but not typed right."""
+    truth = known_white_cells(datasets)
+    config = out / ".chain_config.json"
+    config.write_text(json.dumps({"detector": str(detector.resolve()), "classifier": str(classifier.resolve())}))
+    try:
+        pipeline = bloodcv.Pipeline.from_config(str(config))
+    finally:
+        config.unlink()
     predicted = {}
+    uncertain = 0
     for image_id in truth:
         r = pipeline.analyze(str(bccd / "JPEGImages" / f"{image_id}.jpg"))
         a = r.arrays()
-        predicted[image_id] = [(a["boxes"][i].tolist(), r.classifier_labels[a["types"][i]], float(a["scores"][i]))
-                               for i in range(len(r)) if a["types"][i] >= 0]
+        typed = [i for i in range(len(r)) if a["types"][i] >= 0]
+        uncertain += sum(bool(a["uncertain"][i]) for i in typed)
+        predicted[image_id] = [(a["boxes"][i].tolist(), "uncertain" if a["uncertain"][i] else r.classifier_labels[a["types"][i]],
+                                float(a["scores"][i])) for i in typed]
     chain = bev.evaluate_chain(truth, predicted)
     result = {"images": len(truth), "cells": chain.cells, "detected": chain.detected, "correct": chain.correct,
               "detection_recall": chain.detection_recall, "end_to_end_accuracy": chain.end_to_end_accuracy,
+              "uncertain_typed_cells": uncertain, "classifier": classifier.name,
               "types_of_detected": chain.types.to_dict() if chain.detected else None}
     (out / "pipeline.chain.json").write_text(json.dumps(result, indent=1) + "\n")
-    md = (f"End to end on BCCD's test split: {len(truth)} images whose single white cell has a known type "
-          f"(wbc_labels.csv). Detected (IoU ≥ 0.5): {chain.detected}/{chain.cells} "
+    md = (f"End to end on BCCD's test split with `{detector.name}` and `{classifier.name}`: {len(truth)} images whose single "
+          f"white cell has a known type (wbc_labels.csv). Detected (IoU ≥ 0.5): {chain.detected}/{chain.cells} "
           f"({chain.detection_recall:.3f}); detected and typed right: {chain.correct}/{chain.cells} "
-          f"({chain.end_to_end_accuracy:.3f}).\n\n")
+          f"({chain.end_to_end_accuracy:.3f}). Typed \"uncertain\" (below the classifier's threshold; counted as not "
+          f"typed right): {uncertain} of the pipeline's typed cells on these images.\n\n")
     if chain.detected:
-        md += "Types of the detected white cells (BCCD's labels against the classifier's):\n\n" + chain.types.to_markdown()
+        md += "Types of the detected white cells (BCCD's labels against the pipeline's):\n\n" + chain.types.to_markdown()
     (out / "pipeline.chain.md").write_text(md)
     return result
+
+
+WBC_VARIANTS = {"all": "all sources", "without_pbc": "without PBC", "without_bone_marrow": "without bone marrow",
+                "without_bccd": "without BCCD"}
+
+
+def wbc_sources_table(runs: Path, out: Path) -> dict:
+    """The white-cell classifier's transfer evidence from scripts/wbc_sources.sh's runs: the model trained
+    on all sources on each source's test split, and each leave-one-source-out model on the source it never
+    saw → out/wbc_classifier.sources.md / .json, and the confusion images beside them."""
+    import shutil
+    rows = []
+    for variant, title in WBC_VARIANTS.items():
+        path = runs / variant / "metrics.json"
+        if not path.exists():
+            continue
+        metrics = json.loads(path.read_text())
+        for source, m in metrics.get("test_by_source", {}).items():
+            held_out = variant == f"without_{source}"
+            if variant != "all" and not held_out:
+                continue
+            rows.append({"trained": title, "tested": source, "held_out": held_out, "cells": m["n"], "accuracy": m["accuracy"],
+                         "balanced_accuracy": m["balanced_accuracy"], "balanced_accuracy_common": m["balanced_accuracy_common"],
+                         "macro_f1": m["macro_f1"], "ece_before": m["ece_before"], "ece_after": m["ece_after"],
+                         "temperature": metrics.get("calibration", {}).get("temperature")})
+            image = runs / variant / f"confusion_{source}.png"
+            if image.exists():
+                shutil.copy(image, out / f"wbc_classifier.{'held_out' if held_out else 'all'}.{source}.png")
+    (out / "wbc_classifier.sources.json").write_text(json.dumps(rows, indent=1) + "\n")
+    md = ("| trained on | tested on (its test split) | cells | accuracy | balanced accuracy | balanced, 4 common types | "
+          "ECE before → after calibration |\n|---|---|---:|---:|---:|---:|---:|\n")
+    for r in rows:
+        common = "–" if r["balanced_accuracy_common"] is None else f"{r['balanced_accuracy_common']:.3f}"
+        md += (f"| {r['trained']} | {r['tested']}{' (never seen)' if r['held_out'] else ''} | {r['cells']} | {r['accuracy']:.3f} | "
+               f"{r['balanced_accuracy']:.3f} | {common} | {r['ece_before']:.3f} → {r['ece_after']:.3f} |\n")
+    (out / "wbc_classifier.sources.md").write_text(md)
+    return {"rows": rows}
 
 
 def _median_ms(run, repeats: int = 7, per: int = 1) -> float:
@@ -193,6 +234,8 @@ def main() -> None:
     parser.add_argument("--classifier", type=Path, default=ROOT / "models" / "wbc_classifier.pt")
     parser.add_argument("--retinanet", action="store_true", help="only the RetinaNet-PAN-IoU model and its ablation")
     parser.add_argument("--latency", action="store_true", help="only the CPU latency of every model in models/")
+    parser.add_argument("--wbc", action="store_true",
+                        help="only the white-cell classifier's per-source and leave-one-source-out tables (runs/wbc) and the chain")
     args = parser.parse_args()
     bccd = args.datasets / "bccd" / "BCCD"
     if args.retinanet:
@@ -201,6 +244,11 @@ def main() -> None:
         return
     if args.latency:
         print(latency(ROOT / "models", bccd, args.out))
+        return
+    if args.wbc:
+        print(wbc_sources_table(ROOT / "runs" / "wbc", args.out)["rows"])
+        chain = evaluate_chain(args.detector, args.classifier, bccd, args.datasets, args.out)
+        print({k: v for k, v in chain.items() if k != "types_of_detected"})
         return
     report = evaluate_detector(args.detector, bccd, args.out)
     print(json.dumps(report["coco"], indent=1))
