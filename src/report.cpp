@@ -53,13 +53,6 @@ std::string csv_field(const std::string& s) {
   return quoted + "\"";
 }
 
-void write_text(const fs::path& path, const std::string& text) {
-  std::ofstream out(path, std::ios::binary);
-  out << text;
-  out.close();
-  if (!out) throw std::runtime_error(fmt::format("cannot write '{}'", path.string()));
-}
-
 }  // namespace
 
 namespace {
@@ -213,32 +206,55 @@ std::string to_coco_results(const AnalysisResult& r, std::int64_t image_id) {
   return results.dump() + "\n";
 }
 
+AtomicFiles::~AtomicFiles() {
+  if (committed_) return;
+  std::error_code ignored;
+  for (const auto& [partial, final_path] : files_) fs::remove(partial, ignored);
+}
+
+void AtomicFiles::add(const std::string& path, const std::function<void(const std::string& partial)>& write) {
+  const fs::path target(path);
+  const std::string partial = (target.parent_path() / (".partial." + target.filename().string())).string();
+  files_.emplace_back(partial, path);
+  write(partial);
+  std::error_code ec;
+  if (!fs::is_regular_file(partial, ec)) throw std::runtime_error(fmt::format("cannot write '{}'", path));
+}
+
+void AtomicFiles::add_text(const std::string& path, const std::string& text) {
+  add(path, [&](const std::string& partial) {
+    std::ofstream out(partial, std::ios::binary);
+    out << text;
+    out.close();
+    if (!out) throw std::runtime_error(fmt::format("cannot write '{}'", path));
+  });
+}
+
+void AtomicFiles::commit() {
+  for (const auto& [partial, final_path] : files_) fs::rename(partial, final_path);
+  committed_ = true;
+}
+
+void write_text_file(const std::string& path, const std::string& text) {
+  AtomicFiles file;
+  file.add_text(path, text);
+  file.commit();
+}
+
 ReportPaths write_reports(const cv::Mat& image, const AnalysisResult& result, const std::string& out_dir, const std::string& stem,
                           std::int64_t image_id, const std::string& image_path) {
   const fs::path dir(out_dir);
   fs::create_directories(dir);
   const ReportPaths paths{(dir / (stem + ".overlay.jpg")).string(), (dir / (stem + ".json")).string(), (dir / (stem + ".csv")).string(),
                           (dir / (stem + ".coco.json")).string()};
-  auto partial = [](const std::string& p) {
-    const fs::path path(p);
-    return path.parent_path() / (".partial." + path.filename().string());
-  };
-  const std::string finals[] = {paths.overlay, paths.json, paths.csv, paths.coco};
-  try {
-    if (!cv::imwrite(partial(paths.overlay).string(), draw_overlay(image, result)))
-      throw std::runtime_error(fmt::format("cannot write '{}'", paths.overlay));
-    write_text(partial(paths.json), to_json(result, image_path));
-    write_text(partial(paths.csv), to_csv(result));
-    write_text(partial(paths.coco), to_coco_results(result, image_id));
-    for (const std::string& p : finals) fs::rename(partial(p), p);
-  } catch (...) {
-    std::error_code ec;
-    for (const std::string& p : finals) {
-      fs::remove(partial(p), ec);
-      fs::remove(p, ec);
-    }
-    throw;
-  }
+  AtomicFiles files;
+  files.add(paths.overlay, [&](const std::string& partial) {
+    if (!cv::imwrite(partial, draw_overlay(image, result))) throw std::runtime_error(fmt::format("cannot write '{}'", paths.overlay));
+  });
+  files.add_text(paths.json, to_json(result, image_path));
+  files.add_text(paths.csv, to_csv(result));
+  files.add_text(paths.coco, to_coco_results(result, image_id));
+  files.commit();
   return paths;
 }
 

@@ -2,7 +2,9 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
+#include <vector>
 
 #include <opencv2/core.hpp>
 
@@ -32,6 +34,29 @@ std::string to_json(const AnalysisResult& result, const std::string& image_path 
 std::string to_csv(const AnalysisResult& result);
 // COCO detection results: [{"image_id", "category_id" (detector label index + 1), "bbox": [x, y, w, h], "score"}]
 std::string to_coco_results(const AnalysisResult& result, std::int64_t image_id);
+
+// Files that appear whole and together, or not at all: add() writes each under a hidden name beside it
+// (".partial.<name>", the same extension, so image writers pick the format); commit() renames them all
+// into place. Files not committed (an exception on the way) are removed when the object goes.
+class AtomicFiles {
+ public:
+  AtomicFiles() = default;
+  AtomicFiles(const AtomicFiles&) = delete;
+  AtomicFiles& operator=(const AtomicFiles&) = delete;
+  ~AtomicFiles();
+  // `write` must create the file at the path it is given; throws std::runtime_error naming `path` when
+  // the file was not made.
+  void add(const std::string& path, const std::function<void(const std::string& partial)>& write);
+  void add_text(const std::string& path, const std::string& text);
+  void commit();
+
+ private:
+  std::vector<std::pair<std::string, std::string>> files_;  // (partial, final)
+  bool committed_ = false;
+};
+
+// One text file, whole or not at all (AtomicFiles).
+void write_text_file(const std::string& path, const std::string& text);
 
 struct ReportPaths {
   std::string overlay, json, csv, coco;

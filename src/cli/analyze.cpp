@@ -188,10 +188,12 @@ int run_analyze(const AnalyzeCommand& cmd) {
 
   json categories = json::array();
   for (std::size_t k = 0; k < detector_labels.size(); ++k) categories.push_back({{"id", k + 1}, {"name", detector_labels[k]}});
-  write_text_file(fs::path(cmd.out) / "summary.json", summary.dump(1) + "\n");
-  write_text_file(fs::path(cmd.out) / "coco_results.json", coco_results.dump() + "\n");
-  write_text_file(fs::path(cmd.out) / "coco_images.json",
-             json{{"images", coco_images}, {"categories", categories}, {"annotations", json::array()}}.dump(1) + "\n");
+  AtomicFiles files;  // the summary and the COCO pair together
+  files.add_text((fs::path(cmd.out) / "summary.json").string(), summary.dump(1) + "\n");
+  files.add_text((fs::path(cmd.out) / "coco_results.json").string(), coco_results.dump() + "\n");
+  files.add_text((fs::path(cmd.out) / "coco_images.json").string(),
+                 json{{"images", coco_images}, {"categories", categories}, {"annotations", json::array()}}.dump(1) + "\n");
+  files.commit();
   fmt::print("\nwrote {} report(s) and summary.json, coco_results.json, coco_images.json to {}/\n", table.size(), cmd.out);
   if (!failures.empty()) fmt::print(stderr, "{} of {} image(s) failed\n", failures.size(), images.size());
   return failures.empty() ? 0 : 1;

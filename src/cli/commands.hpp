@@ -2,8 +2,6 @@
 #pragma once
 
 #include <cstdio>
-#include <filesystem>
-#include <fstream>
 #include <functional>
 #include <stdexcept>
 #include <string>
@@ -26,28 +24,6 @@ inline cv::Size parse_size(const std::string& text, const char* option = "--tile
   if (std::sscanf(text.c_str(), "%dx%d%c", &w, &h, &rest) == 2) return {w, h};
   if (std::sscanf(text.c_str(), "%d%c", &w, &rest) == 1) return {w, w};
   throw std::invalid_argument(std::string(option) + " must be W or WxH, got '" + text + "'");
-}
-
-// Files the commands write appear whole or not at all: `write` fills a hidden file beside `path`
-// (same extension, so image writers pick the format), which then replaces `path`.
-inline void write_atomically(const std::filesystem::path& path, const std::function<void(const std::filesystem::path&)>& write) {
-  const std::filesystem::path partial = path.parent_path() / (".partial." + path.filename().string());
-  try {
-    write(partial);
-    std::filesystem::rename(partial, path);
-  } catch (...) {
-    std::error_code ignored;
-    std::filesystem::remove(partial, ignored);
-    throw;
-  }
-}
-
-inline void write_text_file(const std::filesystem::path& path, const std::string& text) {
-  write_atomically(path, [&](const std::filesystem::path& partial) {
-    std::ofstream out(partial, std::ios::binary);
-    out << text;
-    if (!out) throw std::runtime_error("cannot write '" + path.string() + "'");
-  });
 }
 
 }  // namespace bloodcv::cli

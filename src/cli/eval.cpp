@@ -75,7 +75,7 @@ std::string predict(const EvalCommand& cmd, const eval::GroundTruth& gt) {
     const auto it = files.find(image.image);
     if (it == files.end()) throw std::runtime_error(fmt::format("no image named '{}' in '{}'", image.image, cmd.images));
     const AnalysisResult r = pipeline.analyze(it->second.string());
-    write_text_file(dir / (image.image + ".json"), to_json(r, it->second.string()));
+    write_text_file((dir / (image.image + ".json")).string(), to_json(r, it->second.string()));
     if (++done % 20 == 0 || done == gt.images.size()) fmt::print(stderr, "\rpredicted {}/{} images", done, gt.images.size());
   }
   fmt::print(stderr, "\n");
@@ -113,8 +113,10 @@ int run_eval(const EvalCommand& cmd) {
     fmt::print(stderr, "warning: {} predicted images are not in the ground truth and were ignored (e.g. '{}')\n",
                report.unmatched_prediction_images.size(), report.unmatched_prediction_images.front());
   fs::create_directories(cmd.out);
-  write_text_file(fs::path(cmd.out) / "eval.md", markdown);
-  write_text_file(fs::path(cmd.out) / "eval.json", eval::to_json(report));
+  AtomicFiles files;
+  files.add_text((fs::path(cmd.out) / "eval.md").string(), markdown);
+  files.add_text((fs::path(cmd.out) / "eval.json").string(), eval::to_json(report));
+  files.commit();
   fmt::print("\nwrote {0}/eval.md and {0}/eval.json\n", cmd.out);
   return 0;
 }

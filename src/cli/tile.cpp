@@ -166,10 +166,10 @@ int run_tile(const TileCommand& cmd) {
   const fs::path out_dir(cmd.out);
   fs::create_directories(out_dir);
   const std::string stem = fs::path(cmd.image).stem().string();
-  write_atomically(out_dir / (stem + ".tiles.png"), [&](const fs::path& p) {
-    if (!cv::imwrite(p.string(), overlay)) throw std::runtime_error(fmt::format("cannot write '{}'", p.string()));
-  });
-  write_text_file(out_dir / (stem + ".tiles.json"), report.dump(1) + "\n");
+  AtomicFiles files;  // the picture and its numbers together
+  files.add((out_dir / (stem + ".tiles.png")).string(), [&](const std::string& partial) { cv::imwrite(partial, overlay); });
+  files.add_text((out_dir / (stem + ".tiles.json")).string(), report.dump(1) + "\n");
+  files.commit();
   fmt::print("wrote {0}/{1}.tiles.png and {0}/{1}.tiles.json\n", out_dir.string(), stem);
   return 0;
 }
