@@ -47,9 +47,9 @@ int main(int argc, char** argv) {
   GridTilerOptions tiling;
   tiling.tile_size = tile.width > 0 ? tile : model->tile_size();
   tiling.overlap_ratio = overlap;
-  std::shared_ptr<const Suppressor> merger;
-  if (merge == "nms") merger = std::make_shared<HardNms>();
-  const Pipeline pipeline(std::make_shared<GridTiler>(tiling), model, nullptr, {}, merger);
+  PipelineOptions pipeline_options;  // "nms": plain IoU NMS over pooled tiles, as the Python loop it is compared with
+  if (merge == "nms") pipeline_options.merger = std::make_shared<PooledMerger>(std::make_shared<HardNms>());
+  const Pipeline pipeline(std::make_shared<GridTiler>(tiling), model, nullptr, pipeline_options);
 
   const cv::Mat image = read_image(image_path);
   AnalysisResult result = pipeline.analyze(image);  // warm-up

@@ -303,11 +303,7 @@ Suppression NonMaxMerge::suppress(const ScoredBoxes& in) const {
       if (group_of[static_cast<std::size_t>(i)] == i) leaders.push_back(i);
   }
 
-  std::vector<Box> merged(in.boxes.begin(), in.boxes.end());
-  for (std::size_t i = 0; i < n; ++i) {
-    const auto g = static_cast<std::size_t>(group_of[i]);
-    merged[g] = enclosing_box(merged[g], in.boxes[i]);
-  }
+  const std::vector<Box> merged = detail::enclosing_boxes_of_groups(in.boxes, group_of);
   Suppression out = kept_as_is(in, leaders, in.scores);
   for (std::size_t k = 0; k < leaders.size(); ++k) out.boxes[k] = merged[static_cast<std::size_t>(leaders[k])];
   return out;

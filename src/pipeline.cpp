@@ -35,12 +35,11 @@ class Stopwatch {
 }  // namespace
 
 Pipeline::Pipeline(std::shared_ptr<const Tiler> tiler, std::shared_ptr<const Detector> detector,
-                   std::shared_ptr<const Classifier> classifier, PipelineOptions options, std::shared_ptr<const Suppressor> merger)
-    : tiler_(std::move(tiler)), detector_(std::move(detector)), classifier_(std::move(classifier)), options_(std::move(options)),
-      merger_(std::move(merger)) {
+                   std::shared_ptr<const Classifier> classifier, PipelineOptions options)
+    : tiler_(std::move(tiler)), detector_(std::move(detector)), classifier_(std::move(classifier)), options_(std::move(options)) {
   if (!tiler_) fail_argument("Pipeline needs a tiler, got none");
   if (!detector_) fail_argument("Pipeline needs a detector, got none");
-  detail::check_unit_interval(options_.merge.match_threshold, "merge.match_threshold");
+  if (!options_.merger) options_.merger = std::make_shared<SeamMerger>();
   if (options_.uncertain_below) detail::check_unit_interval(*options_.uncertain_below, "uncertain_below");
   if (classifier_) {  // a label the detector never gives would silently classify nothing
     const std::vector<std::string> labels = detector_->labels();
@@ -76,8 +75,7 @@ AnalysisResult Pipeline::analyze(const cv::Mat& input) const {
     throw std::runtime_error(fmt::format("the detector returned results for {} images, but was given {} tiles", per_tile.size(), tiles.size()));
   result.timings.detection_ms = stage.lap_ms();
 
-  std::vector<Detection> merged = merger_ ? merge_tile_detections(per_tile, tiles, image.size(), *merger_)
-                                          : merge_tile_detections(per_tile, tiles, image.size(), options_.merge);
+  std::vector<Detection> merged = options_.merger->merge(per_tile, tiles, image.size());
   result.timings.merging_ms = stage.lap_ms();
 
   for (const std::string& name : result.detector_labels) result.counts[name] = 0;
@@ -197,7 +195,8 @@ PipelineConfig load_pipeline_config(const std::string& path) {
     if (j.contains("merge")) {
       const auto& m = j.at("merge");
       if (!m.is_object()) throw std::runtime_error("merge must be an object");
-      check_keys(m, {"match_threshold", "metric", "class_aware"}, "merge.");
+      check_keys(m, {"strategy", "match_threshold", "metric", "class_aware"}, "merge.");
+      c.merge_strategy = m.value("strategy", c.merge_strategy);
       c.merge.match_threshold = m.value("match_threshold", c.merge.match_threshold);
       c.merge.metric = parse_box_metric(m.value("metric", std::string(to_string(c.merge.metric))));
       c.merge.class_aware = m.value("class_aware", c.merge.class_aware);
@@ -248,7 +247,7 @@ Pipeline make_pipeline(const PipelineConfig& config) {
   tiling.whole_image_pass = config.whole_image;
   PipelineOptions options;
   options.classify_labels = config.classify_labels;
-  options.merge = config.merge;
+  options.merger = make_merger(config.merge_strategy, config.merge);
   options.stain_normalizer = stain_normalizer_for(config, classifier.get());
   options.stain_before_detection = config.stain_before_detection;
   options.uncertain_below = config.uncertain_below;

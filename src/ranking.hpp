@@ -7,6 +7,7 @@
 #include <utility>
 #include <vector>
 
+#include "bloodcv/box.hpp"
 #include "bloodcv/span.hpp"
 
 namespace bloodcv::detail {
@@ -57,5 +58,16 @@ class RankedGroups {
   static std::size_t at(std::int32_t i) { return static_cast<std::size_t>(i); }
   std::vector<std::int32_t> rank_, parent_;
 };
+
+// For every group (group_of[i]: the top-ranked member of box i's group), at the group's index, the box
+// enclosing all its members; other entries keep their own box.
+inline std::vector<Box> enclosing_boxes_of_groups(Span<Box> boxes, const std::vector<std::int32_t>& group_of) {
+  std::vector<Box> merged(boxes.begin(), boxes.end());
+  for (std::size_t i = 0; i < boxes.size(); ++i) {
+    const auto g = static_cast<std::size_t>(group_of[i]);
+    merged[g] = enclosing_box(merged[g], boxes[i]);
+  }
+  return merged;
+}
 
 }  // namespace bloodcv::detail

@@ -5,18 +5,11 @@
 
 #include <opencv2/core.hpp>
 
-#include "box_grid.hpp"
 #include "check.hpp"
-#include "ranking.hpp"
 
 namespace bloodcv {
 
-using detail::BoxGrid;
-using detail::check_unit_interval;
 using detail::fail_argument;
-using detail::rank_by_score;
-using detail::ranks_of;
-using detail::RankedGroups;
 
 namespace {
 
@@ -105,90 +98,6 @@ std::vector<Detection> to_image_coordinates(std::vector<Detection> detections, c
     out.push_back(std::move(d));
   }
   return out;
-}
-
-namespace {
-
-struct PooledDetections {
-  std::vector<Detection> detections;  // in image coordinates
-  std::vector<std::size_t> tile_of;
-};
-
-PooledDetections pool(const std::vector<std::vector<Detection>>& per_tile, const std::vector<Tile>& tiles, cv::Size image_size) {
-  if (per_tile.size() != tiles.size())
-    fail_argument("got detections for {} tiles but {} tiles", per_tile.size(), tiles.size());
-  PooledDetections pooled;
-  for (std::size_t t = 0; t < tiles.size(); ++t) {
-    for (Detection& d : to_image_coordinates(per_tile[t], tiles[t], image_size)) {
-      pooled.detections.push_back(std::move(d));
-      pooled.tile_of.push_back(t);
-    }
-  }
-  return pooled;
-}
-
-Box rect_box(const cv::Rect& r) {
-  return {static_cast<float>(r.x), static_cast<float>(r.y), static_cast<float>(r.x + r.width), static_cast<float>(r.y + r.height)};
-}
-
-// The part of a box inside a region: clipped to the region's corners.
-Box part_inside(const Box& b, const Box& region) {
-  return {std::clamp(b.x1, region.x1, region.x2), std::clamp(b.y1, region.y1, region.y2), std::clamp(b.x2, region.x1, region.x2),
-          std::clamp(b.y2, region.y1, region.y2)};
-}
-
-}  // namespace
-
-std::vector<Detection> merge_tile_detections(const std::vector<std::vector<Detection>>& per_tile, const std::vector<Tile>& tiles,
-                                             cv::Size image_size, const SeamMergeOptions& options) {
-  check_unit_interval(options.match_threshold, "match_threshold");
-  PooledDetections pooled = pool(per_tile, tiles, image_size);
-  const std::vector<Detection>& dets = pooled.detections;
-  const std::size_t n = dets.size();
-  std::vector<Box> boxes(n);
-  std::vector<float> scores(n);
-  for (std::size_t i = 0; i < n; ++i) {
-    boxes[i] = dets[i].box;
-    scores[i] = dets[i].score;
-    if (std::isnan(scores[i])) fail_argument("detection {} (tile {}) has a NaN score", i, pooled.tile_of[i]);
-  }
-  validate_boxes(boxes, "detections");
-
-  const auto order = rank_by_score(scores, -std::numeric_limits<float>::infinity());
-  RankedGroups groups(ranks_of(order, n));
-  BoxGrid grid(boxes);
-  for (const std::int32_t i : order) {
-    const auto ui = static_cast<std::size_t>(i);
-    grid.visit(boxes[ui], [&](std::int32_t j, const Box&) {
-      const auto uj = static_cast<std::size_t>(j);
-      const std::size_t ti = pooled.tile_of[ui], tj = pooled.tile_of[uj];
-      if (ti == tj || (options.class_aware && dets[ui].label != dets[uj].label)) return false;
-      const Box shared = rect_box(tiles[ti].region & tiles[tj].region);
-      const Box a = part_inside(boxes[ui], shared), b = part_inside(boxes[uj], shared);
-      if (a.area() > 0 && b.area() > 0 && overlap(a, b, options.metric) > options.match_threshold) groups.unite(i, j);
-      return false;
-    });
-    grid.insert(i, boxes[ui]);
-  }
-
-  std::vector<Box> merged = boxes;
-  for (std::size_t i = 0; i < n; ++i) {
-    const auto g = static_cast<std::size_t>(groups.leader(static_cast<std::int32_t>(i)));
-    merged[g] = enclosing_box(merged[g], boxes[i]);
-  }
-  std::vector<Detection> out;
-  for (const std::int32_t i : order) {
-    if (groups.leader(i) != i) continue;
-    Detection d = std::move(pooled.detections[static_cast<std::size_t>(i)]);
-    d.box = merged[static_cast<std::size_t>(i)];
-    out.push_back(std::move(d));
-  }
-  return out;
-}
-
-std::vector<Detection> merge_tile_detections(const std::vector<std::vector<Detection>>& per_tile, const std::vector<Tile>& tiles,
-                                             cv::Size image_size, const Suppressor& merger) {
-  return suppress(merger, pool(per_tile, tiles, image_size).detections);
 }
 
 }  // namespace bloodcv

@@ -22,7 +22,7 @@ int main() {
     }
     per_tile.push_back(found);
   }
-  const auto merged = bloodcv::merge_tile_detections(per_tile, tiles, image.size());
+  const auto merged = bloodcv::SeamMerger().merge(per_tile, tiles, image.size());
   std::printf("bloodcv %s: %zu tiles, %zu cells after merging\n", bloodcv::kVersion, tiles.size(), merged.size());
   for (const auto& d : merged) std::printf("  (%.0f, %.0f, %.0f, %.0f) score %.2f\n", d.box.x1, d.box.y1, d.box.x2, d.box.y2, d.score);
   return merged.size() == cells.size() ? 0 : 1;

@@ -12,7 +12,7 @@
 
 #include "bloodcv/classifier.hpp"
 #include "bloodcv/detector.hpp"
-#include "bloodcv/nms.hpp"
+#include "bloodcv/merge.hpp"
 #include "bloodcv/stain.hpp"
 #include "bloodcv/tiler.hpp"
 
@@ -59,7 +59,7 @@ struct AnalysisResult {
 
 struct PipelineOptions {
   std::vector<std::string> classify_labels{"WBC"};  // detector labels whose cells are classified
-  SeamMergeOptions merge;                           // used when no merger is given
+  std::shared_ptr<const TileMerger> merger;         // null: SeamMerger with its defaults
   // Applied to the image before the classifier crops it (null: none); with stain_before_detection,
   // the detector sees the normalised image too.
   std::shared_ptr<const StainNormalizer> stain_normalizer;
@@ -73,12 +73,10 @@ struct PipelineOptions {
 // Python runs under the GIL, one call at a time.
 class Pipeline {
  public:
-  // `classifier` may be null (detection and counts only); `merger` null means seam merging with
-  // options.merge, otherwise all tiles' detections are pooled into that strategy. With a classifier,
-  // every options.classify_labels entry must be one of the detector's labels (std::invalid_argument).
+  // `classifier` may be null (detection and counts only). With a classifier, every
+  // options.classify_labels entry must be one of the detector's labels (std::invalid_argument).
   Pipeline(std::shared_ptr<const Tiler> tiler, std::shared_ptr<const Detector> detector,
-           std::shared_ptr<const Classifier> classifier = nullptr, PipelineOptions options = {},
-           std::shared_ptr<const Suppressor> merger = nullptr);
+           std::shared_ptr<const Classifier> classifier = nullptr, PipelineOptions options = {});
 
   AnalysisResult analyze(const cv::Mat& image) const;      // any image to_bgr8 accepts
   AnalysisResult analyze(const std::string& path) const;  // read_image(path)
@@ -93,7 +91,6 @@ class Pipeline {
   std::shared_ptr<const Detector> detector_;
   std::shared_ptr<const Classifier> classifier_;
   PipelineOptions options_;
-  std::shared_ptr<const Suppressor> merger_;
 };
 
 // Where the default models are: $BLOODCV_MODELS if set, else the models/ folder bloodcv was built from.
@@ -107,7 +104,8 @@ inline constexpr const char* kDefaultClassifierFile = "wbc_classifier.pt";
 //    "classifier": "wbc_classifier.pt in default_model_dir()", or null for none,
 //    "tile": [640, 640] (default: the detector's tile_size()), "overlap": 0.15, "whole_image": false,
 //    "classify_labels": ["WBC"], "device": "cpu", "half": false, "batch_size": 8, "score_threshold": null,
-//    "merge": {"match_threshold": 0.5, "metric": "iou", "class_aware": true},
+//    "merge": {"strategy": "seam" | "nmm" | "nms" | "wbf" | "soft-nms" (make_merger), and for seam:
+//              "match_threshold": 0.5, "metric": "iou", "class_aware": true},
 //    "stain_normalize": "none" | "reinhard" | "macenko" (default: the classifier file's "stain"."default", else none),
 //    "stain_target": {...} (default: the classifier file's "stain".<method>), "stain_before_detection": false,
 //    "uncertain_below": null (default: the classifier file's calibration.uncertain_below)}
@@ -122,7 +120,8 @@ struct PipelineConfig {
   std::vector<std::string> classify_labels{"WBC"};
   RuntimeOptions runtime;
   std::optional<float> score_threshold;
-  SeamMergeOptions merge;
+  std::string merge_strategy = "seam";
+  SeamMergeOptions merge;  // the seam strategy's
   std::optional<std::string> stain_normalize;  // unset: what the classifier's model file recommends
   std::optional<std::string> stain_target;     // JSON; unset: the classifier's model file's
   bool stain_before_detection = false;

@@ -1,5 +1,5 @@
 // Tiling for images larger than a detector's input (YOLT / SAHI style): cut overlapping tiles, detect
-// each at full resolution, map the boxes back, and merge the duplicates that seams produce.
+// each at full resolution, and map the boxes back (merging the duplicates that seams produce: merge.hpp).
 #pragma once
 
 #include <optional>
@@ -8,7 +8,6 @@
 #include <opencv2/core.hpp>
 
 #include "bloodcv/box.hpp"
-#include "bloodcv/nms.hpp"
 
 namespace bloodcv {
 
@@ -58,29 +57,5 @@ class GridTiler final : public Tiler {
 // Tile-local detections to image coordinates: shifted by the tile's offset, clipped to the image;
 // boxes that lie wholly in a tile's padding, or keep no area once clipped, are dropped.
 std::vector<Detection> to_image_coordinates(std::vector<Detection> detections, const Tile& tile, cv::Size image_size);
-
-// How detections of different tiles are recognised as the same cell. Both tiles saw the same pixels
-// where they overlap, so the parts of the two boxes inside that shared region coincide for one cell
-// (whole or cut by a seam) and differ for two touching cells: they match when metric(part a, part b)
-// > match_threshold. Two detections of the same tile never match: the detector already separated them.
-// Matching is transitive (a cell at a tile corner has up to four pieces); a group becomes one
-// detection with the enclosing box of its members and the fields of its top-scoring member.
-struct SeamMergeOptions {
-  double match_threshold = 0.5;
-  BoxMetric metric = BoxMetric::IoU;
-  bool class_aware = true;
-};
-
-// Detections of all tiles (tile-local, one vector per tile in the order of `tiles`) → one set in
-// image coordinates, seam duplicates merged, by decreasing score.
-std::vector<Detection> merge_tile_detections(const std::vector<std::vector<Detection>>& per_tile,
-                                             const std::vector<Tile>& tiles, cv::Size image_size,
-                                             const SeamMergeOptions& options = {});
-
-// The same, but pooling all detections in image coordinates and handing them to any strategy of the
-// NMS family, as SAHI does (e.g. NonMaxMerge with IoS, its default), ignoring which tile saw what.
-std::vector<Detection> merge_tile_detections(const std::vector<std::vector<Detection>>& per_tile,
-                                             const std::vector<Tile>& tiles, cv::Size image_size,
-                                             const Suppressor& merger);
 
 }  // namespace bloodcv

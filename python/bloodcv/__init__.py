@@ -5,15 +5,16 @@ Classifier). Boxes go in and come out as numpy arrays or torch tensors; images a
 OpenCV's BGR order (cv2.imread's; bloodcv.read_image gives the same), or file paths.
 """
 from ._core import (AnalysisResult, Classifier, Detector, GridTiler, HardNms, IouAwareNms, MacenkoNormalizer,
-                    NonMaxMerge, Pipeline, ReinhardNormalizer, SoftNms, StainNormalizer, Suppressor, Tile, Tiler,
-                    TorchScriptClassifier, TorchScriptDetector, WeightedBoxFusion, __version__, fit_stain_target,
-                    make_stain_normalizer, read_image)
+                    NonMaxMerge, Pipeline, PooledMerger, ReinhardNormalizer, SeamMerger, SoftNms, StainNormalizer,
+                    Suppressor, Tile, TileMerger, Tiler, TorchScriptClassifier, TorchScriptDetector, WeightedBoxFusion,
+                    __version__, fit_stain_target, make_merger, make_stain_normalizer, read_image)
 from .ops import (Suppression, batched_nms, box_convert, box_ios, box_iou, clip_boxes_to_image,
                   distance_box_iou, generalized_box_iou, merge_tile_detections, nms)
 
 __all__ = [
     "AnalysisResult", "Classifier", "Detector", "MacenkoNormalizer", "Pipeline", "ReinhardNormalizer", "StainNormalizer",
     "Tiler", "TorchScriptClassifier", "TorchScriptDetector", "fit_stain_target", "make_stain_normalizer",
+    "PooledMerger", "SeamMerger", "TileMerger", "make_merger",
     "read_image", "GridTiler", "HardNms", "IouAwareNms", "NonMaxMerge", "SoftNms", "Suppression", "Suppressor", "Tile",
     "WeightedBoxFusion", "__version__", "batched_nms", "box_convert", "box_ios", "box_iou",
     "clip_boxes_to_image", "distance_box_iou", "generalized_box_iou", "merge_tile_detections", "nms",

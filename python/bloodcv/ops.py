@@ -123,9 +123,9 @@ def merge_tile_detections(tiles, boxes, scores, labels=None, *, image_size, merg
     By default detections of different tiles are the same cell when the parts of their boxes inside the two
     tiles' shared region match (metric > match_threshold, in [0, 1]; metric 'iou', 'ios', 'giou' or 'diou';
     with class_aware only detections of the same label match); a group becomes one detection with the
-    enclosing box of its members and the score and label of its top-scoring one. A Suppressor as merger
-    instead pools all detections into that strategy (SAHI's way), ignoring match_threshold, metric and
-    class_aware. Returns a dict of 'boxes', 'scores' and 'labels' arrays (of the kind the boxes were given
+    enclosing box of its members and the score and label of its top-scoring one (SeamMerger). A TileMerger as
+    merger is used instead (e.g. make_merger('nmm')), and a Suppressor as merger pools all detections into
+    that strategy (SAHI's way, PooledMerger); both ignore match_threshold, metric and class_aware. Returns a dict of 'boxes', 'scores' and 'labels' arrays (of the kind the boxes were given
     as), by decreasing score (in the merger's rank order with a merger)."""
     reference = boxes[0] if len(boxes) else None
     merged = _core.merge_tile_detections(

@@ -163,6 +163,7 @@ inline py::array mat_to_numpy(const cv::Mat& mat) {
   return out;
 }
 
+std::shared_ptr<const TileMerger> merger_of(const py::object& merger, const SeamMergeOptions& seam);
 void bind_geometry(py::module_& m);
 void bind_runtime(py::module_& m);
 void bind_stain(py::module_& m);

@@ -10,7 +10,43 @@ struct PyTile {
   py::object image;  // None for plans
 };
 
+// Lets a Python class implement TileMerger: merge(tiles, boxes, scores, labels, image_size) gets a list of
+// Tile (without pixels) and per tile the tile-local boxes (N, 4), scores (N,) and labels (N,), and returns
+// {"boxes", "scores"[, "labels"]} in image coordinates.
+class PyTileMerger : public TileMerger {
+ public:
+  std::vector<Detection> merge(const std::vector<std::vector<Detection>>& per_tile, const std::vector<Tile>& tiles,
+                               cv::Size image_size) const override {
+    py::gil_scoped_acquire gil;
+    const py::function override = py::get_override(static_cast<const TileMerger*>(this), "merge");
+    if (!override) throw std::runtime_error("a Python TileMerger must implement merge(tiles, boxes, scores, labels, image_size)");
+    py::list py_tiles, boxes, scores, labels;
+    for (std::size_t t = 0; t < tiles.size(); ++t) {
+      py_tiles.append(py::cast(PyTile{tiles[t], py::none()}));
+      const py::dict d = detections_to_dict(per_tile[t]);
+      boxes.append(d["boxes"]);
+      scores.append(d["scores"]);
+      labels.append(d["labels"]);
+    }
+    const py::object result = override(py_tiles, boxes, scores, labels, py::make_tuple(image_size.width, image_size.height));
+    if (!py::isinstance<py::dict>(result) || !result.contains("boxes") || !result.contains("scores"))
+      throw py::value_error("merge() must return a dict with \"boxes\" and \"scores\" (and \"labels\")");
+    return detections_of(to_float_array(result["boxes"]), to_float_array(result["scores"]),
+                         result.contains("labels") ? std::optional<LabelArray>(to_label_array(result["labels"])) : std::nullopt);
+  }
+};
+
 }  // namespace
+
+// A Pipeline's or merge_tile_detections' merger from Python: None (seam merging with these options), a
+// TileMerger, or a Suppressor, whose strategy then gets all tiles' detections pooled.
+std::shared_ptr<const TileMerger> merger_of(const py::object& merger, const SeamMergeOptions& seam) {
+  if (merger.is_none()) return std::make_shared<SeamMerger>(seam);
+  if (py::isinstance<TileMerger>(merger)) return merger.cast<std::shared_ptr<TileMerger>>();
+  if (py::isinstance<Suppressor>(merger)) return std::make_shared<PooledMerger>(merger.cast<std::shared_ptr<Suppressor>>());
+  throw py::type_error(fmt::format("merger must be None, a TileMerger or a Suppressor, got {}",
+                                   py::str(py::type::handle_of(merger).attr("__name__")).cast<std::string>()));
+}
 
 void bind_geometry(py::module_& m) {
   // --- geometry -------------------------------------------------------------------------------------
@@ -321,11 +357,41 @@ void bind_geometry(py::module_& m) {
           "of the input, or a copy padded to the tile size where the image is smaller than a tile. Raises ValueError on an "
           "empty or unsupported image, or when padding would make a tile larger than 8192 x 8192 pixels.");
 
+  py::class_<TileMerger, PyTileMerger, std::shared_ptr<TileMerger>>(
+      m, "TileMerger",
+      "Base class of mergers across tiles: the detections of overlapping tiles → one set in image coordinates, seam "
+      "duplicates merged. Subclass it in Python and implement merge(tiles, boxes, scores, labels, image_size) — per tile "
+      "the tile-local (N, 4) boxes, (N,) scores and labels, image_size (width, height) — returning a dict of \"boxes\" "
+      "(image pixels), \"scores\" and \"labels\"; Pipeline(merger=...) and merge_tile_detections(merger=...) take it.")
+      .def(py::init<>(), "A merger to subclass: call super().__init__() from the subclass's __init__.");
+  py::class_<SeamMerger, TileMerger, std::shared_ptr<SeamMerger>>(
+      m, "SeamMerger",
+      "The default merger: detections of different tiles are the same cell when the parts of their boxes inside the two "
+      "tiles' shared region overlap (metric > match_threshold), transitively; a group becomes its enclosing box with the "
+      "fields of its top-scoring member. Two detections of one tile never merge.")
+      .def(py::init([](double match_threshold, const std::string& metric, bool class_aware) {
+             return std::make_shared<SeamMerger>(SeamMergeOptions{match_threshold, parse_box_metric(metric), class_aware});
+           }),
+           py::arg("match_threshold") = 0.5, py::arg("metric") = "iou", py::arg("class_aware") = true,
+           "match_threshold in [0, 1]; metric 'iou', 'ios', 'giou' or 'diou' of the parts in the shared region; "
+           "class_aware: only detections of the same label merge.");
+  py::class_<PooledMerger, TileMerger, std::shared_ptr<PooledMerger>>(
+      m, "PooledMerger",
+      "All tiles' detections pooled in image coordinates and handed to a Suppressor (as SAHI does with NonMaxMerge and "
+      "IoS), whichever tile saw what.")
+      .def(py::init([](std::shared_ptr<Suppressor> suppressor) { return std::make_shared<PooledMerger>(suppressor); }),
+           py::arg("suppressor"), "suppressor: any strategy of the NMS family (HardNms, SoftNms, NonMaxMerge, ...).");
+  m.def(
+      "make_merger", [](const std::string& strategy) { return std::const_pointer_cast<TileMerger>(make_merger(strategy)); },
+      py::arg("strategy"),
+      "A merger by name, as configs and the CLI's --merge name it: 'seam' (SeamMerger), or pooled into 'nmm' "
+      "(NonMaxMerge, IoS), 'nms' (HardNms, IoS), 'wbf' (WeightedBoxFusion) or 'soft-nms' (SoftNms). ValueError otherwise.");
+
   m.def(
       "merge_tile_detections",
       [](const std::vector<PyTile>& tiles, const std::vector<FloatArray>& boxes, const std::vector<FloatArray>& scores,
          const std::optional<std::vector<LabelArray>>& labels, std::pair<int, int> image_size,
-         std::shared_ptr<Suppressor> merger, double match_threshold, const std::string& metric, bool class_aware) {
+         const py::object& merger, double match_threshold, const std::string& metric, bool class_aware) {
         if (boxes.size() != tiles.size() || scores.size() != tiles.size() || (labels && labels->size() != tiles.size()))
           throw py::value_error(fmt::format("need one boxes, scores (and labels) array per tile: {} tiles, {} boxes, {} scores",
                                             tiles.size(), boxes.size(), scores.size()));
@@ -336,9 +402,12 @@ void bind_geometry(py::module_& m) {
           plain.push_back(tiles[i].tile);
         }
         const cv::Size size{image_size.first, image_size.second};
-        const auto merged = merger ? merge_tile_detections(per_tile, plain, size, *merger)
-                                   : merge_tile_detections(per_tile, plain, size,
-                                                           SeamMergeOptions{match_threshold, parse_box_metric(metric), class_aware});
+        const auto chosen = merger_of(merger, SeamMergeOptions{match_threshold, parse_box_metric(metric), class_aware});
+        std::vector<Detection> merged;
+        {
+          py::gil_scoped_release release;
+          merged = chosen->merge(per_tile, plain, size);
+        }
         return detections_to_dict(merged);
       },
       py::arg("tiles"), py::arg("boxes"), py::arg("scores"), py::arg("labels") = py::none(), py::arg("image_size"),

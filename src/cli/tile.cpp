@@ -31,19 +31,6 @@ struct TileCommand {
 };
 
 
-// "seam" is the tile-aware merger; the others pool all tiles' detections into one strategy.
-std::unique_ptr<Suppressor> make_pooled_merger(const std::string& name) {
-  if (name == "nmm") return std::make_unique<NonMaxMerge>();
-  if (name == "nms") {
-    HardNmsOptions o;
-    o.metric = BoxMetric::IoS;
-    return std::make_unique<HardNms>(o);
-  }
-  if (name == "wbf") return std::make_unique<WeightedBoxFusion>();
-  if (name == "soft-nms") return std::make_unique<SoftNms>();
-  throw std::invalid_argument(fmt::format("--merge must be seam, nmm, nms, wbf or soft-nms, got '{}'", name));
-}
-
 struct LabelledBoxes {
   std::vector<Box> boxes;
   std::vector<std::string> labels;
@@ -100,7 +87,7 @@ int run_tile(const TileCommand& cmd) {
   options.tile_size = parse_size(cmd.tile);
   options.overlap_ratio = cmd.overlap;
   const GridTiler tiler(options);
-  const auto pooled_merger = cmd.merge == "seam" ? nullptr : make_pooled_merger(cmd.merge);
+  const std::shared_ptr<const TileMerger> merger = make_merger(cmd.merge);
   const std::vector<Tile> tiles = tiler.tiles(image);
 
   json report{{"image", cmd.image},
@@ -135,8 +122,7 @@ int run_tile(const TileCommand& cmd) {
       tile_detections += per_tile.back().size();
     }
     const auto start = std::chrono::steady_clock::now();
-    const auto merged = pooled_merger ? merge_tile_detections(per_tile, tiles, image.size(), *pooled_merger)
-                                      : merge_tile_detections(per_tile, tiles, image.size());
+    const auto merged = merger->merge(per_tile, tiles, image.size());
     const double merge_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
 
     std::size_t recovered = 0;  // known boxes matched by a merged box of their label at IoU >= 0.95
@@ -187,6 +173,7 @@ Runner add_tile_command(CLI::App& app) {
   cmd->add_option("--overlap", tile->overlap, "Overlap between tiles, a fraction of the tile size in [0, 1)")->capture_default_str();
   cmd->add_option("--merge", tile->merge,
                   "Seam merger: seam (tile-aware: IoU of the parts in the tiles' shared region), or pooled: nmm (IoS non-max merging, as SAHI), nms (IoS), wbf, soft-nms")
+      ->check(CLI::IsMember({"seam", "nmm", "nms", "wbf", "soft-nms"}))
       ->capture_default_str();
   cmd->add_option("--out", tile->out, "Output directory")->capture_default_str();
   return [cmd, tile] { return cmd->parsed() ? run_tile(*tile) : -1; };

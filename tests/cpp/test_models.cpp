@@ -246,6 +246,9 @@ TEST_CASE("pipeline configs: absent keys are the defaults, unknown keys are refu
   CHECK_THROWS_WITH(load_pipeline_config(config(R"({"tile": [320, 320], "overlapp": 0.2})")),
                     Contains("c.json") && Contains("unknown key 'overlapp'"));
   CHECK_THROWS_WITH(load_pipeline_config(config(R"({"merge": {"metric": "ios", "treshold": 0.2}})")), Contains("unknown key 'merge.treshold'"));
+  const PipelineConfig pooled = load_pipeline_config(config(R"({"merge": {"strategy": "nmm"}})"));
+  CHECK(pooled.merge_strategy == "nmm");
+  CHECK(dynamic_cast<const PooledMerger*>(make_merger(pooled.merge_strategy, pooled.merge).get()) != nullptr);
   CHECK_THROWS_WITH(load_pipeline_config((dir / "missing.json").string()), Contains("missing.json") && Contains("no such file"));
   fs::remove_all(dir);
 }

@@ -2,6 +2,7 @@
 
 #include <random>
 
+#include "bloodcv/merge.hpp"
 #include "bloodcv/tiler.hpp"
 
 using namespace bloodcv;
@@ -99,7 +100,7 @@ TEST_CASE("tiling round trip: cells cut by seams are found exactly once", "[tile
     }
   }
   REQUIRE(cut > 20);  // the test means something only if seams cut many cells
-  const auto merged = merge_tile_detections(per_tile, tiles, image_size);
+  const auto merged = SeamMerger().merge(per_tile, tiles, image_size);
   REQUIRE(merged.size() == cells.size());
   for (const Box& cell : cells) {
     const auto same = std::count_if(merged.begin(), merged.end(), [&](const Detection& d) {
@@ -125,12 +126,12 @@ TEST_CASE("seam merging tells touching cells apart where pooled IoS merging cann
   const std::vector<std::vector<Detection>> per_tile{
       {det(a, 1.f), det({84, 22, 120, 72}, 0.72f)},                   // tile 0, local = image coordinates
       {det({0, 10, 30, 60}, 0.6f), det({4, 22, 54, 72}, 1.f)}};       // tile 1, shifted by 80
-  const auto seam = merge_tile_detections(per_tile, tiles, {200, 100});
+  const auto seam = SeamMerger().merge(per_tile, tiles, {200, 100});
   REQUIRE(seam.size() == 2);
   CHECK(seam[0].box == a);
   CHECK(seam[1].box == b);
 
-  const auto pooled = merge_tile_detections(per_tile, tiles, {200, 100}, NonMaxMerge());
+  const auto pooled = PooledMerger(std::make_shared<NonMaxMerge>()).merge(per_tile, tiles, {200, 100});
   REQUIRE(pooled.size() == 2);
   CHECK(pooled[0].box == Box{60, 10, 120, 72});  // A grew over the cut part of B
 }
@@ -140,7 +141,7 @@ TEST_CASE("seam merging never merges two detections of the same tile", "[tiler]"
   o.tile_size = {100, 100};
   const auto tiles = GridTiler(o).plan({100, 100});
   const std::vector<std::vector<Detection>> per_tile{{Detection{{10, 10, 50, 50}, 0.9f, 0}, Detection{{10, 10, 50, 50}, 0.8f, 0}}};
-  CHECK(merge_tile_detections(per_tile, tiles, {100, 100}).size() == 2);
+  CHECK(SeamMerger().merge(per_tile, tiles, {100, 100}).size() == 2);
 }
 
 TEST_CASE("mapping to image coordinates shifts, clips and drops padding", "[tiler]") {
@@ -165,7 +166,7 @@ TEST_CASE("bad tiler input names the argument and value", "[tiler][errors]") {
   CHECK_THROWS_WITH(GridTiler(o), Contains("overlap_pixels") && Contains("32"));
   CHECK_THROWS_WITH(make_tiler(64, 64).tiles(cv::Mat()), Contains("image is empty"));
   CHECK_THROWS_WITH(make_tiler(64, 64).plan({0, 10}), Contains("image size"));
-  CHECK_THROWS_WITH(merge_tile_detections({{}}, {}, {10, 10}), Contains("1 tiles but 0"));
+  CHECK_THROWS_WITH(SeamMerger().merge({{}}, {}, {10, 10}), Contains("1 tiles but 0"));
 }
 
 TEST_CASE("a tile far larger than the image is refused, naming the sizes, instead of padded", "[tiler][errors]") {
@@ -187,4 +188,21 @@ TEST_CASE("boxes left with no area by clipping are dropped", "[tiler]") {
   const auto mapped = to_image_coordinates(local, tile, {640, 480});
   REQUIRE(mapped.size() == 1);
   CHECK(mapped[0].box == Box{610, 10, 630, 30});
+}
+
+TEST_CASE("mergers by name; every strategy merges the seam duplicates of one cell", "[tiler][merge]") {
+  // One cell, 60..140 x 10..50, cut by the seam of two 100-pixel tiles overlapping by 20 (80..100).
+  const std::vector<Tile> tiles{{cv::Rect(0, 0, 100, 60), {}, false}, {cv::Rect(80, 0, 100, 60), {}, false}};
+  const std::vector<std::vector<Detection>> per_tile{{{{60, 10, 100, 50}, 0.9f, 0}}, {{{0, 10, 60, 50}, 0.8f, 0}}};
+  for (const char* name : {"seam", "nmm", "nms", "wbf", "soft-nms"}) {
+    INFO(name);
+    const auto merged = make_merger(name)->merge(per_tile, tiles, {180, 60});
+    REQUIRE_FALSE(merged.empty());
+    CHECK(merged[0].score > 0.5f);
+  }
+  CHECK(make_merger("seam")->merge(per_tile, tiles, {180, 60}).front().box == Box{60, 10, 140, 50});
+  CHECK(dynamic_cast<const PooledMerger*>(make_merger("wbf").get()) != nullptr);
+  CHECK_THROWS_WITH(make_merger("average"), Contains("seam, nmm, nms, wbf or soft-nms") && Contains("average"));
+  CHECK_THROWS_WITH(SeamMerger(SeamMergeOptions{1.5}), Contains("match_threshold"));
+  CHECK_THROWS_WITH(PooledMerger(nullptr), Contains("needs a suppressor"));
 }

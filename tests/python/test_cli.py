@@ -86,10 +86,10 @@ def test_unreadable_image_fails_cleanly(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--tile", "0x10"], "tile_size must be positive"),
     (["--overlap", "1.2"], "overlap_ratio"),
-    (["--merge", "average"], "--merge must be"),
+    (["--merge", "average"], "--merge: average not in {seam,nmm,nms,wbf,soft-nms}"),
     (["--tile", "big"], "--tile must be W or WxH"),
 ])
 def test_bad_parameters_fail_with_a_message(tmp_path, args, message):
     result = run("tile", SAMPLE, "--out", tmp_path / "out", *args)
-    assert result.returncode == 1 and message in result.stderr
+    assert result.returncode != 0 and message in result.stderr
     assert not (tmp_path / "out").exists()

@@ -245,3 +245,45 @@ def test_overlay_labels_stay_inside_the_image_and_apart():
     overlay = pair.overlay(image)
     assert label_rows(overlay, 200 - height, 200) == width * height
     assert label_rows(overlay, 263, 262 + height) >= (width - 4) * (height - 1)
+
+
+class EveryPiece(bloodcv.TileMerger):
+    """Merges nothing: every tile's piece of a cell, shifted into the image."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def merge(self, tiles, boxes, scores, labels, image_size):
+        self.calls += 1
+        shifted = [b + np.array([t.x, t.y, t.x, t.y], np.float32) for t, b in zip(tiles, boxes)]
+        return {"boxes": np.concatenate(shifted), "scores": np.concatenate(scores), "labels": np.concatenate(labels)}
+
+
+def test_a_python_tile_merger_replaces_seam_merging():
+    image = smear(500, 300, red=[CELL])  # cut by the seams of 200-pixel tiles at 30 % overlap
+    tiler = bloodcv.GridTiler(tile_size=(200, 200), overlap=0.3)
+    seam = bloodcv.Pipeline(FormDetector("dict"), tiler=tiler).analyze(image)
+    merger = EveryPiece()
+    pieces = bloodcv.Pipeline(FormDetector("dict"), tiler=tiler, merger=merger).analyze(image)
+    assert merger.calls == 1
+    assert len(seam) == 1 and len(pieces) > 1  # the pieces the seam merger joins
+    boxes = pieces.arrays()["boxes"]
+    np.testing.assert_array_equal(boxes.min(0)[:2], xyxy(*CELL)[:2])
+    np.testing.assert_array_equal(boxes.max(0)[2:], xyxy(*CELL)[2:])
+
+
+def test_mergers_by_name_and_as_suppressors_agree():
+    image = smear(500, 300, red=[CELL])
+    tiler = bloodcv.GridTiler(tile_size=(200, 200), overlap=0.3)
+
+    def run(merger):
+        return bloodcv.Pipeline(FormDetector("dict"), tiler=tiler, merger=merger).analyze(image).arrays()["boxes"]
+
+    np.testing.assert_array_equal(run(bloodcv.make_merger("nmm")), run(bloodcv.NonMaxMerge()))
+    np.testing.assert_array_equal(run(bloodcv.make_merger("seam")), run(None))
+    np.testing.assert_array_equal(run(bloodcv.SeamMerger(match_threshold=0.5)), [xyxy(*CELL)])
+    with pytest.raises(ValueError, match="seam, nmm, nms, wbf or soft-nms"):
+        bloodcv.make_merger("average")
+    with pytest.raises(TypeError, match="merger must be None, a TileMerger or a Suppressor"):
+        run("nmm")
