@@ -14,6 +14,7 @@ cmake -S examples/consumer -B build/consumer -DCMAKE_PREFIX_PATH="$PWD/build/ins
 cmake --build build/consumer -j "${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}" >/dev/null
 build/consumer/consumer
 build/consumer/analyze models/cell_detector.pt models/wbc_classifier.pt examples/data/bccd_BloodImage_00001.jpg
+build/consumer/assign
 
 echo "== notebook: examples/analyze_sample.ipynb"
 .venv/bin/python -m nbconvert --to notebook --execute --output-dir build/notebooks examples/analyze_sample.ipynb

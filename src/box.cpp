@@ -47,10 +47,10 @@ void validate_boxes(Span<Box> boxes, std::string_view what) {
 OverlapMatrix overlap_matrix(Span<Box> a, Span<Box> b, BoxMetric metric) {
   validate_boxes(a, "boxes1");
   validate_boxes(b, "boxes2");
-  OverlapMatrix out(static_cast<Eigen::Index>(a.size()), static_cast<Eigen::Index>(b.size()));
+  OverlapMatrix out(a.size(), b.size());
   for (std::size_t i = 0; i < a.size(); ++i)
     for (std::size_t j = 0; j < b.size(); ++j)
-      out(static_cast<Eigen::Index>(i), static_cast<Eigen::Index>(j)) = overlap(a[i], b[j], metric);
+      out(i, j) = overlap(a[i], b[j], metric);
   return out;
 }
 

@@ -10,7 +10,6 @@
 #include <string_view>
 #include <vector>
 
-#include <Eigen/Core>
 
 #include "bloodcv/span.hpp"
 
@@ -96,7 +95,22 @@ inline float overlap(const Box& a, const Box& b, BoxMetric metric) {
   return 0.f;
 }
 
-using OverlapMatrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+// Overlaps of every pair, row-major: m(i, j) for rows i of the first set and columns j of the second.
+class OverlapMatrix {
+ public:
+  OverlapMatrix() = default;
+  OverlapMatrix(std::size_t rows, std::size_t cols) : rows_(rows), cols_(cols), values_(rows * cols) {}
+  std::size_t rows() const { return rows_; }
+  std::size_t cols() const { return cols_; }
+  std::size_t size() const { return values_.size(); }
+  float operator()(std::size_t i, std::size_t j) const { return values_[i * cols_ + j]; }
+  float& operator()(std::size_t i, std::size_t j) { return values_[i * cols_ + j]; }
+  const float* data() const { return values_.data(); }  // row-major
+
+ private:
+  std::size_t rows_ = 0, cols_ = 0;
+  std::vector<float> values_;
+};
 
 // All pairs: result(i, j) = metric(a[i], b[j]).
 OverlapMatrix overlap_matrix(Span<Box> a, Span<Box> b, BoxMetric metric);
