@@ -26,16 +26,23 @@ torch.ops.load_library(str(Path(__file__).with_name("_ops.so")))
 BACKGROUND = -1
 IGNORE = -2
 
-AssignResult = namedtuple("AssignResult", ["gt_index", "overlaps", "labels", "weights"])
+AssignResult = namedtuple("AssignResult", ["gt_index", "overlaps", "labels", "weights", "num_gts"])
 AssignResult.__doc__ = """gt_index [A] int64 (box index, BACKGROUND or IGNORE), overlaps [A] (IoU with the assigned box;
 background: the best IoU of any box), labels [A] int64 (the box's label or -1), weights [A] (soft weight of
-the assignment: PAA's positive posterior, OT's transport mass, 1 for other positives)."""
+the assignment: PAA's positive posterior, OT's transport mass, 1 for other positives), num_gts (the number of
+ground-truth boxes), as the C++ bloodcv::AssignResult."""
+
+
+def _result(tensors, gt_boxes) -> AssignResult:
+    return AssignResult(*tensors, num_gts=int(gt_boxes.shape[0]))
 
 
 class LabelAssigner:
-    """Base of the strategies: assign() for one image, assign_batch() for a list of images."""
+    """Base of the strategies: assign() for one image, assign_batch() for a list of images. Every strategy
+    takes the same keywords (pred_boxes, pred_scores, anchors_per_level), so a training loop calls any of
+    them alike; a strategy ignores those it does not use, and a misspelt keyword is a TypeError."""
 
-    def assign(self, anchors, gt_boxes, gt_labels, **kwargs) -> AssignResult:
+    def assign(self, anchors, gt_boxes, gt_labels, pred_boxes=None, pred_scores=None, anchors_per_level=None) -> AssignResult:
         raise NotImplementedError
 
     def assign_batch(self, anchors, gt_boxes: Sequence, gt_labels: Sequence, **per_image) -> list[AssignResult]:
@@ -51,8 +58,8 @@ class MaxIoUAssigner(LabelAssigner):
     def __init__(self, pos_iou_threshold=0.5, neg_iou_threshold=0.4, min_pos_iou=0.0, match_low_quality=True):
         self.args = (float(pos_iou_threshold), float(neg_iou_threshold), float(min_pos_iou), bool(match_low_quality))
 
-    def assign(self, anchors, gt_boxes, gt_labels, **unused) -> AssignResult:
-        return AssignResult(*torch.ops.bloodcv.max_iou_assign(anchors, gt_boxes, gt_labels, *self.args))
+    def assign(self, anchors, gt_boxes, gt_labels, pred_boxes=None, pred_scores=None, anchors_per_level=None) -> AssignResult:
+        return _result(torch.ops.bloodcv.max_iou_assign(anchors, gt_boxes, gt_labels, *self.args), gt_boxes)
 
 
 class AtssAssigner(LabelAssigner):
@@ -61,9 +68,9 @@ class AtssAssigner(LabelAssigner):
     def __init__(self, top_k=9):
         self.top_k = int(top_k)
 
-    def assign(self, anchors, gt_boxes, gt_labels, anchors_per_level=None, **unused) -> AssignResult:
+    def assign(self, anchors, gt_boxes, gt_labels, pred_boxes=None, pred_scores=None, anchors_per_level=None) -> AssignResult:
         levels = list(anchors_per_level) if anchors_per_level is not None else [anchors.shape[0]]
-        return AssignResult(*torch.ops.bloodcv.atss_assign(anchors, gt_boxes, gt_labels, levels, self.top_k))
+        return _result(torch.ops.bloodcv.atss_assign(anchors, gt_boxes, gt_labels, levels, self.top_k), gt_boxes)
 
 
 class PaaAssigner(LabelAssigner):
@@ -72,11 +79,11 @@ class PaaAssigner(LabelAssigner):
     def __init__(self, top_k=9, iou_lambda=1.0, candidate_iou=0.1, em_iterations=100, em_tolerance=1e-3):
         self.args = (int(top_k), float(iou_lambda), float(candidate_iou), int(em_iterations), float(em_tolerance))
 
-    def assign(self, anchors, gt_boxes, gt_labels, pred_boxes=None, pred_scores=None, anchors_per_level=None, **unused) -> AssignResult:
+    def assign(self, anchors, gt_boxes, gt_labels, pred_boxes=None, pred_scores=None, anchors_per_level=None) -> AssignResult:
         if pred_boxes is None or pred_scores is None:
             raise ValueError("PAA needs pred_boxes [A, 4] and pred_scores [A, C] (class probabilities)")
         levels = list(anchors_per_level) if anchors_per_level is not None else [anchors.shape[0]]
-        return AssignResult(*torch.ops.bloodcv.paa_assign(anchors, gt_boxes, gt_labels, pred_boxes, pred_scores, levels, *self.args))
+        return _result(torch.ops.bloodcv.paa_assign(anchors, gt_boxes, gt_labels, pred_boxes, pred_scores, levels, *self.args), gt_boxes)
 
 
 class OtaAssigner(LabelAssigner):
@@ -85,10 +92,10 @@ class OtaAssigner(LabelAssigner):
     def __init__(self, epsilon=0.1, iterations=50, top_q=20, reg_lambda=3.0, center_prior=True, center_prior_cost=1e5):
         self.args = (float(epsilon), int(iterations), int(top_q), float(reg_lambda), bool(center_prior), float(center_prior_cost))
 
-    def assign(self, anchors, gt_boxes, gt_labels, pred_boxes=None, pred_scores=None, **unused) -> AssignResult:
+    def assign(self, anchors, gt_boxes, gt_labels, pred_boxes=None, pred_scores=None, anchors_per_level=None) -> AssignResult:
         if pred_boxes is None or pred_scores is None:
             raise ValueError("OTA needs pred_boxes [A, 4] and pred_scores [A, C] (class probabilities)")
-        return AssignResult(*torch.ops.bloodcv.ota_assign(anchors, gt_boxes, gt_labels, pred_boxes, pred_scores, *self.args))
+        return _result(torch.ops.bloodcv.ota_assign(anchors, gt_boxes, gt_labels, pred_boxes, pred_scores, *self.args), gt_boxes)
 
 
 def sinkhorn(cost, supply, demand, epsilon=0.1, iterations=50):

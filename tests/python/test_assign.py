@@ -220,7 +220,8 @@ def test_degenerate_inputs_give_defined_results(assigner):
                           pred_scores=scores[:1])
     assert one.gt_index.tolist() in ([0], [BACKGROUND]) and torch.isfinite(one.weights).all()
     res = assigner.assign(anchors, boxes([0, 0, 10, 10], [-50, -50, -20, -20]), torch.tensor([0, 1]), **kw)
-    for t in res:
+    assert res.num_gts == 2
+    for t in (res.gt_index, res.overlaps, res.labels, res.weights):
         assert torch.isfinite(t.float()).all()
 
 
@@ -263,3 +264,14 @@ def test_training_step_example_runs(strategy):
     result = subprocess.run([sys.executable, str(example), strategy], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(f"{strategy}: ") and "positives" in result.stdout
+
+
+def test_every_strategy_takes_the_same_keywords_and_refuses_misspelt_ones():
+    anchors = torch.tensor([[0.0, 0, 10, 10], [20, 20, 30, 30]])
+    gt, labels = torch.tensor([[0.0, 0, 10, 10]]), torch.tensor([2])
+    scores = torch.full((2, 3), 0.5)
+    for assigner in (A.MaxIoUAssigner(), A.AtssAssigner(top_k=1), A.PaaAssigner(top_k=1), A.OtaAssigner()):
+        r = assigner.assign(anchors, gt, labels, pred_boxes=anchors.clone(), pred_scores=scores, anchors_per_level=[2])
+        assert r.num_gts == 1 and r.gt_index[0] == 0, type(assigner).__name__
+        with pytest.raises(TypeError, match="pred_box"):
+            assigner.assign(anchors, gt, labels, pred_box=anchors)
