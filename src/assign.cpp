@@ -380,4 +380,12 @@ AssignResult OtaAssigner::assign(const AssignInput& in) const {
   return r;
 }
 
+std::unique_ptr<LabelAssigner> make_assigner(std::string_view name) {
+  if (name == "max_iou") return std::make_unique<MaxIoUAssigner>();
+  if (name == "atss") return std::make_unique<AtssAssigner>();
+  if (name == "paa") return std::make_unique<PaaAssigner>();
+  if (name == "ota") return std::make_unique<OtaAssigner>();
+  throw std::invalid_argument(fmt::format("unknown assigner '{}'; choose one of atss, max_iou, ota, paa", name));
+}
+
 }  // namespace bloodcv

@@ -5,6 +5,8 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
+#include <string_view>
 #include <vector>
 
 #include <ATen/core/Tensor.h>
@@ -132,6 +134,10 @@ class OtaAssigner final : public LabelAssigner {
  private:
   OtaOptions options_;
 };
+
+// A strategy by name with its default options, as training configs name them: "max_iou", "atss", "paa",
+// "ota" (bloodcv.assign.make_assigner in Python). std::invalid_argument for another name.
+std::unique_ptr<LabelAssigner> make_assigner(std::string_view name);
 
 // Entropic optimal transport between `supply` [S] and `demand` [D] (equal totals) for `cost` [S, D]:
 // the plan [S, D], by Sinkhorn-Knopp on log potentials (no under- or overflow for extreme costs).

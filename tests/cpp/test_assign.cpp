@@ -88,3 +88,11 @@ TEST_CASE("assigners reject bad input", "[assign][errors]") {
   CHECK_THROWS_WITH(OtaAssigner({0.0}), Contains("epsilon"));
   CHECK(values(MaxIoUAssigner().assign({a, at::zeros({0, 4}), at::zeros({0}, at::kLong)}).gt_index) == std::vector<std::int64_t>{kBackground});
 }
+
+TEST_CASE("assigners by name, as configs name them", "[assign]") {
+  CHECK(dynamic_cast<const MaxIoUAssigner*>(make_assigner("max_iou").get()) != nullptr);
+  CHECK(dynamic_cast<const AtssAssigner*>(make_assigner("atss").get()) != nullptr);
+  CHECK(dynamic_cast<const PaaAssigner*>(make_assigner("paa").get()) != nullptr);
+  CHECK(dynamic_cast<const OtaAssigner*>(make_assigner("ota").get()) != nullptr);
+  CHECK_THROWS_WITH(make_assigner("hungarian"), Catch::Matchers::Contains("unknown assigner 'hungarian'"));
+}
