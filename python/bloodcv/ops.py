@@ -94,8 +94,9 @@ def batched_nms(boxes, scores, idxs, iou_threshold: float):
 
 
 def _suppress(self, boxes, scores, labels=None, predicted_ious=None) -> Suppression:
-    keep, out_boxes, out_scores = self.suppress(
-        to_numpy(boxes, np.float32), to_numpy(scores, np.float32),
+    # Through the C++ entry point, so that a strategy written in Python is validated as when a pipeline calls it.
+    keep, out_boxes, out_scores = _core.Suppressor.suppress(
+        self, to_numpy(boxes, np.float32), to_numpy(scores, np.float32),
         None if labels is None else to_numpy(labels, np.int64),
         None if predicted_ious is None else to_numpy(predicted_ious, np.float32))
     return Suppression(like(keep, boxes), like(out_boxes, boxes), like(out_scores, boxes))

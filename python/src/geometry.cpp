@@ -36,6 +36,64 @@ class PyTileMerger : public TileMerger {
   }
 };
 
+// Lets a Python class implement Suppressor: suppress(boxes, scores, labels, predicted_ious) gets numpy
+// arrays (labels, predicted_ious may be None) and returns (keep, boxes, scores): kept indices in rank order
+// with their output boxes and scores.
+class PySuppressor : public Suppressor {
+ public:
+  Suppression suppress(const ScoredBoxes& in) const override {
+    py::gil_scoped_acquire gil;
+    const py::function override = py::get_override(static_cast<const Suppressor*>(this), "suppress");
+    if (!override) throw std::runtime_error("a Python Suppressor must implement suppress(boxes, scores, labels, predicted_ious)");
+    in.validate();
+    const std::size_t n = in.boxes.size();
+    py::object labels = py::none(), ious = py::none();
+    if (!in.labels.empty()) labels = to_numpy(std::vector<std::int64_t>(in.labels.begin(), in.labels.end()));
+    if (!in.predicted_ious.empty()) ious = to_numpy(std::vector<float>(in.predicted_ious.begin(), in.predicted_ious.end()));
+    const py::object result = override(boxes_to_numpy(std::vector<Box>(in.boxes.begin(), in.boxes.end())),
+                                       to_numpy(std::vector<float>(in.scores.begin(), in.scores.end())), labels, ious);
+    const py::tuple t = py::cast<py::tuple>(result);
+    if (t.size() != 3) throw py::value_error("suppress() must return (keep, boxes, scores)");
+    const LabelArray keep = to_label_array(t[0]);
+    const FloatArray boxes = to_float_array(t[1]), scores = to_float_array(t[2]);
+    const auto kept = vector_span<std::int64_t>(keep, "keep");
+    const auto out_boxes = box_span(boxes, "boxes");
+    const auto out_scores = vector_span<float>(scores, "scores");
+    if (out_boxes.size() != kept.size() || out_scores.size() != kept.size())
+      throw py::value_error(fmt::format("suppress() returned {} indices, {} boxes and {} scores", kept.size(), out_boxes.size(), out_scores.size()));
+    for (const std::int64_t k : kept)
+      if (k < 0 || static_cast<std::size_t>(k) >= n) throw py::value_error(fmt::format("suppress() kept index {} of {} boxes", k, n));
+    return {std::vector<std::int64_t>(kept.begin(), kept.end()), std::vector<Box>(out_boxes.begin(), out_boxes.end()),
+            std::vector<float>(out_scores.begin(), out_scores.end())};
+  }
+};
+
+// Lets a Python class implement Tiler: plan(image_size) returns a list of Tile regions inside the image;
+// bloodcv cuts them (views of the image) itself.
+class PyTiler : public Tiler {
+ public:
+  std::vector<Tile> plan(cv::Size image_size) const override {
+    py::gil_scoped_acquire gil;
+    const py::function override = py::get_override(static_cast<const Tiler*>(this), "plan");
+    if (!override) throw std::runtime_error("a Python Tiler must implement plan(image_size)");
+    std::vector<Tile> out;
+    for (const py::handle item : override(py::make_tuple(image_size.width, image_size.height))) {
+      const Tile tile = py::cast<const PyTile&>(item).tile;
+      if ((tile.region & cv::Rect({0, 0}, image_size)) != tile.region || tile.region.empty())
+        throw py::value_error(fmt::format("plan() gave the region ({}, {}, {}, {}), not inside the {}x{} image", tile.region.x, tile.region.y,
+                                          tile.region.width, tile.region.height, image_size.width, image_size.height));
+      out.push_back(tile);
+    }
+    if (out.empty()) throw py::value_error("plan() gave no tiles");
+    return out;
+  }
+  std::vector<Tile> tiles(const cv::Mat& image) const override {
+    std::vector<Tile> out = plan(image.size());
+    for (Tile& t : out) t.image = image(t.region);
+    return out;
+  }
+};
+
 }  // namespace
 
 // A Pipeline's or merge_tile_detections' merger from Python: None (seam merging with these options), a
@@ -137,13 +195,15 @@ void bind_geometry(py::module_& m) {
       "torchvision.ops.batched_nms on numpy: nms within each category of idxs (N,) int64, never across them. Returns "
       "the kept indices (int64) by decreasing score.");
 
-  py::class_<Suppressor, std::shared_ptr<Suppressor>>(
+  py::class_<Suppressor, PySuppressor, std::shared_ptr<Suppressor>>(
       m, "Suppressor",
       "Base class of the NMS family: HardNms, SoftNms, IouAwareNms, WeightedBoxFusion and NonMaxMerge. Call a strategy as "
       "strategy(boxes, scores, labels=None, predicted_ious=None) with boxes (N, 4) [x1, y1, x2, y2] in pixels, scores (N,), "
       "labels (N,) int and predicted IoUs (N,) in [0, 1], as numpy arrays or torch tensors; it returns "
       "Suppression(keep, boxes, scores). Every strategy ranks boxes by score, highest first, equal scores by lower index. "
-      "A Pipeline or merge_tile_detections takes any strategy as its merger. Not constructible itself.")
+      "A Pipeline or merge_tile_detections takes any strategy as its merger. Subclass it in Python and implement "
+      "suppress(boxes, scores, labels, predicted_ious) returning (keep, boxes, scores) to plug in your own.")
+      .def(py::init<>(), "A suppressor to subclass: call super().__init__() from the subclass's __init__.")
       .def(
           "suppress",
           [](const Suppressor& self, const FloatArray& boxes, const FloatArray& scores, const std::optional<LabelArray>& labels,
@@ -265,6 +325,12 @@ void bind_geometry(py::module_& m) {
                      "One tile of an image, from GridTiler.plan() or GridTiler.tiles(): the region of the image it covers, "
                      "in image pixels, and (from tiles()) its pixels. Detections made on the tile are in tile pixels: add "
                      "(x, y) to map them to the image, or pass the tiles to merge_tile_detections.")
+      .def(py::init([](int x, int y, int width, int height, bool whole_image) {
+             if (width <= 0 || height <= 0) throw py::value_error(fmt::format("a tile needs a positive size, got {}x{}", width, height));
+             return PyTile{Tile{cv::Rect(x, y, width, height), {}, whole_image}, py::none()};
+           }),
+           py::arg("x"), py::arg("y"), py::arg("width"), py::arg("height"), py::arg("whole_image") = false,
+           "A region of an image (pixels), as a Python Tiler's plan() returns them.")
       .def_property_readonly(
           "x", [](const PyTile& t) { return t.tile.region.x; }, "Left edge of the region in the image, in pixels.")
       .def_property_readonly(
@@ -296,10 +362,13 @@ void bind_geometry(py::module_& m) {
                            t.tile.whole_image ? ", whole_image=True" : "");
       });
 
-  py::class_<Tiler, std::shared_ptr<Tiler>>(
+  py::class_<Tiler, PyTiler, std::shared_ptr<Tiler>>(
       m, "Tiler",
       "Base class of tilers, which cut an image larger than a detector's input into tiles that it detects at full "
-      "resolution. GridTiler is the one bloodcv provides; Pipeline(tiler=...) takes any. Not constructible itself.");
+      "resolution. GridTiler is the one bloodcv provides; Pipeline(tiler=...) takes any. Subclass it in Python and "
+      "implement plan(image_size) — (width, height) → a list of Tile(x, y, width, height) inside the image — to plug in "
+      "your own; bloodcv cuts the tiles itself.")
+      .def(py::init<>(), "A tiler to subclass: call super().__init__() from the subclass's __init__.");
   py::class_<GridTiler, Tiler, std::shared_ptr<GridTiler>>(
       m, "GridTiler",
       "A regular grid of full-size, overlapping tiles (YOLT / SAHI style). Steps are the tile size minus the overlap; the "

@@ -287,3 +287,50 @@ def test_mergers_by_name_and_as_suppressors_agree():
         bloodcv.make_merger("average")
     with pytest.raises(TypeError, match="merger must be None, a TileMerger or a Suppressor"):
         run("nmm")
+
+
+class Halves(bloodcv.Tiler):
+    """Two tiles: the left and the right half, overlapping by 40 pixels."""
+
+    def plan(self, image_size):
+        w, h = image_size
+        return [bloodcv.Tile(0, 0, w // 2 + 20, h), bloodcv.Tile(w // 2 - 20, 0, w - (w // 2 - 20), h)]
+
+
+class KeepAll(bloodcv.Suppressor):
+    """Keeps every box, best first: merging by it leaves every piece."""
+
+    def suppress(self, boxes, scores, labels, predicted_ious):
+        order = np.argsort(-scores, kind="stable")
+        return order, boxes[order], scores[order]
+
+
+def test_a_python_tiler_plans_and_bloodcv_cuts():
+    image = smear(500, 300, red=[(230, 120, 40, 40)])  # across the middle: in both halves
+    result = bloodcv.Pipeline(FormDetector("dict"), tiler=Halves()).analyze(image)
+    assert result.tiles == 2
+    np.testing.assert_array_equal(result.arrays()["boxes"], [xyxy(230, 120, 40, 40)])  # seam-merged once
+
+    class Outside(bloodcv.Tiler):
+        def plan(self, image_size):
+            return [bloodcv.Tile(0, 0, image_size[0] + 10, 10)]
+
+    with pytest.raises(ValueError, match=r"not inside the 500x300 image"):
+        bloodcv.Pipeline(FormDetector("dict"), tiler=Outside()).analyze(image)
+
+
+def test_a_python_suppressor_is_a_strategy_like_the_others():
+    boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [50, 50, 60, 60]], np.float32)
+    scores = np.array([0.5, 0.9, 0.7], np.float32)
+    keep, out_boxes, out_scores = KeepAll()(boxes, scores)
+    assert keep.tolist() == [1, 2, 0] and out_scores.tolist() == pytest.approx([0.9, 0.7, 0.5])
+    image = smear(500, 300, red=[(230, 120, 40, 40)])
+    pieces = bloodcv.Pipeline(FormDetector("dict"), tiler=Halves(), merger=KeepAll()).analyze(image)
+    assert len(pieces) == 2  # pooled and all kept: both halves' pieces
+
+    class Broken(bloodcv.Suppressor):
+        def suppress(self, boxes, scores, labels, predicted_ious):
+            return np.array([7]), boxes[:1], scores[:1]
+
+    with pytest.raises(ValueError, match="kept index 7 of 3 boxes"):
+        Broken()(boxes, scores)
