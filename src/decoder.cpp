@@ -2,7 +2,12 @@
 
 #include <algorithm>
 #include <cmath>
+#include <map>
+#include <mutex>
 #include <numeric>
+#include <set>
+
+#include <nlohmann/json.hpp>
 
 #include "check.hpp"
 
@@ -53,7 +58,6 @@ float sigmoid(float x) { return 1.f / (1.f + std::exp(-x)); }
 YoloV5Decoder::YoloV5Decoder(YoloV5DecoderOptions options) : options_(options) {
   if (options_.num_classes == 0) fail_argument("YOLOv5 decoder: num_classes must be >= 1");
   check_unit_interval(options_.score_threshold, "score_threshold");
-  check_unit_interval(options_.nms_iou_threshold, "nms_iou_threshold");
 }
 
 std::vector<Detection> YoloV5Decoder::decode(const std::vector<TensorView>& outputs) const {
@@ -83,10 +87,7 @@ std::vector<Detection> YoloV5Decoder::decode(const std::vector<TensorView>& outp
       add(static_cast<std::size_t>(std::max_element(row + 5, row + width) - (row + 5)));
     }
   }
-  HardNmsOptions nms;
-  nms.iou_threshold = options_.nms_iou_threshold;
-  nms.max_detections = options_.max_detections;
-  return suppress(HardNms(nms), candidates);
+  return candidates;
 }
 
 // --- anchors ---------------------------------------------------------------------------------------
@@ -123,22 +124,9 @@ std::vector<Box> generate_anchors(const AnchorOptions& o, cv::Size input_size, s
 AnchorDecoder::AnchorDecoder(AnchorDecoderOptions options, cv::Size input_size) : options_(std::move(options)) {
   if (options_.num_classes == 0) fail_argument("anchor decoder: num_classes must be >= 1");
   check_unit_interval(options_.score_threshold, "score_threshold");
-  check_unit_interval(options_.iou_alpha, "iou_alpha");
   for (int i = 0; i < 4; ++i)
     if (!(options_.box_stds[static_cast<std::size_t>(i)] > 0)) fail_argument("box_stds must be positive, got {}", options_.box_stds[static_cast<std::size_t>(i)]);
   anchors_ = generate_anchors(options_.anchors, input_size, &per_level_);
-  if (options_.iou_branch) {
-    IouAwareNmsOptions o;
-    o.alpha = options_.iou_alpha;
-    o.nms.iou_threshold = options_.nms_iou_threshold;
-    o.nms.max_detections = options_.max_detections;
-    suppressor_ = std::make_unique<IouAwareNms>(o);
-  } else {
-    HardNmsOptions o;
-    o.iou_threshold = options_.nms_iou_threshold;
-    o.max_detections = options_.max_detections;
-    suppressor_ = std::make_unique<HardNms>(o);
-  }
 }
 
 std::vector<Detection> AnchorDecoder::decode(const std::vector<TensorView>& outputs) const {
@@ -193,7 +181,135 @@ std::vector<Detection> AnchorDecoder::decode(const std::vector<TensorView>& outp
     }
     first += count;
   }
-  return suppress(*suppressor_, candidates);
+  return candidates;
+}
+
+// --- the registry --------------------------------------------------------------------------------------
+namespace {
+
+using json = nlohmann::json;
+
+// The entry's keys, each read at most once; anything left is a misspelling or another kind's key.
+class Entry {
+ public:
+  Entry(const json& j, std::string kind) : j_(j), kind_(std::move(kind)) {}
+  template <class T>
+  T get(const char* key, T fallback) {
+    read_.insert(key);
+    if (!j_.contains(key)) return fallback;
+    try {
+      return j_.at(key).get<T>();
+    } catch (const json::exception& e) {
+      fail_argument("decoder '{}': {}: {}", kind_, key, e.what());
+    }
+  }
+  void check_all_read() const {
+    for (const auto& item : j_.items())
+      if (item.key() != "kind" && !read_.count(item.key())) fail_argument("decoder '{}': unknown key '{}'", kind_, item.key());
+  }
+
+ private:
+  const json& j_;
+  std::string kind_;
+  std::set<std::string> read_;
+};
+
+HardNmsOptions hard_nms_of(Entry& e, double iou_threshold) {
+  HardNmsOptions nms;
+  nms.iou_threshold = e.get<double>("nms_iou_threshold", iou_threshold);
+  nms.max_detections = e.get<std::int64_t>("max_detections", 3000);
+  return nms;
+}
+
+DecoderSetup yolov5_setup(const std::string& text, const DecoderContext& context) {
+  const json j = json::parse(text);
+  Entry e(j, "yolov5");
+  YoloV5DecoderOptions o;
+  o.num_classes = context.num_classes;
+  o.score_threshold = e.get<float>("score_threshold", o.score_threshold);
+  o.multi_label = e.get<bool>("multi_label", o.multi_label);
+  const HardNmsOptions nms = hard_nms_of(e, 0.45);
+  e.check_all_read();
+  return {std::make_unique<YoloV5Decoder>(o), std::make_shared<HardNms>(nms)};
+}
+
+DecoderSetup anchor_setup(const std::string& text, const DecoderContext& context) {
+  const json j = json::parse(text);
+  Entry e(j, "anchor");
+  AnchorDecoderOptions o;
+  o.num_classes = context.num_classes;
+  o.anchors.strides = e.get("strides", o.anchors.strides);
+  o.anchors.sizes = e.get("sizes", o.anchors.sizes);
+  o.anchors.aspect_ratios = e.get("aspect_ratios", o.anchors.aspect_ratios);
+  o.anchors.scales = e.get("scales", o.anchors.scales);
+  o.anchors.center_offset = e.get("center_offset", o.anchors.center_offset);
+  o.box_means = e.get("box_means", o.box_means);
+  o.box_stds = e.get("box_stds", o.box_stds);
+  o.score_threshold = e.get("score_threshold", o.score_threshold);
+  o.pre_nms_top_k = e.get("pre_nms_top_k", o.pre_nms_top_k);
+  o.iou_branch = e.get("iou_branch", o.iou_branch);
+  const HardNmsOptions nms = hard_nms_of(e, 0.5);
+  const float alpha = e.get<float>("iou_alpha", 0.5f);
+  e.check_all_read();
+  std::shared_ptr<const Suppressor> suppressor;
+  if (o.iou_branch)
+    suppressor = std::make_shared<IouAwareNms>(IouAwareNmsOptions{alpha, nms});
+  else
+    suppressor = std::make_shared<HardNms>(nms);
+  return {std::make_unique<AnchorDecoder>(o, context.input_size), std::move(suppressor)};
+}
+
+struct Registry {
+  std::mutex mutex;
+  std::map<std::string, DecoderFactory> factories{{"yolov5", yolov5_setup}, {"anchor", anchor_setup}};
+};
+
+Registry& registry() {
+  static Registry r;
+  return r;
+}
+
+}  // namespace
+
+void register_decoder(const std::string& kind, DecoderFactory factory) {
+  if (kind.empty() || !factory) fail_argument("register_decoder needs a kind and a factory");
+  Registry& r = registry();
+  const std::lock_guard<std::mutex> lock(r.mutex);
+  r.factories[kind] = std::move(factory);
+}
+
+std::vector<std::string> decoder_kinds() {
+  Registry& r = registry();
+  const std::lock_guard<std::mutex> lock(r.mutex);
+  std::vector<std::string> kinds;
+  for (const auto& [kind, factory] : r.factories) kinds.push_back(kind);
+  return kinds;
+}
+
+DecoderSetup make_decoder(const std::string& decoder_json, const DecoderContext& context) {
+  json j;
+  try {
+    j = json::parse(decoder_json);
+  } catch (const json::exception& e) {
+    fail_argument("decoder entry is not valid JSON: {}", e.what());
+  }
+  if (!j.is_object() || !j.contains("kind") || !j.at("kind").is_string()) fail_argument("decoder entry needs a \"kind\"");
+  const std::string kind = j.at("kind").get<std::string>();
+  DecoderFactory factory;
+  {
+    Registry& r = registry();
+    const std::lock_guard<std::mutex> lock(r.mutex);
+    const auto it = r.factories.find(kind);
+    if (it == r.factories.end()) {
+      std::string known;
+      for (const auto& [k, f] : r.factories) known += (known.empty() ? "" : ", ") + k;
+      fail_argument("decoder.kind must be one of {}, got '{}'", known, kind);
+    }
+    factory = it->second;
+  }
+  DecoderSetup setup = factory(decoder_json, context);
+  if (!setup.decoder || !setup.suppressor) fail_argument("decoder '{}': its factory made no decoder or no suppressor", kind);
+  return setup;
 }
 
 }  // namespace bloodcv

@@ -210,42 +210,18 @@ std::vector<TensorView> views_of(const std::vector<torch::Tensor>& outputs, std:
   return views;
 }
 
-std::unique_ptr<OutputDecoder> make_decoder(const LoadedModel& m, const TorchScriptDetectorOptions& options) {
+// The model file's decoder entry, with the detector options' thresholds in place of its own.
+DecoderSetup decoder_of(const LoadedModel& m, const TorchScriptDetectorOptions& options) {
+  if (!m.meta.contains("decoder") || !m.meta.at("decoder").is_object()) fail_model(m.path, "bloodcv.json: no decoder entry");
+  json entry = m.meta.at("decoder");
+  if (options.score_threshold) entry["score_threshold"] = *options.score_threshold;
+  if (options.nms_iou_threshold) entry["nms_iou_threshold"] = *options.nms_iou_threshold;
   try {
-    const json& d = m.meta.at("decoder");
-    const std::string kind = d.at("kind").get<std::string>();
-    if (kind == "yolov5") {
-      YoloV5DecoderOptions o;
-      o.num_classes = m.labels.size();
-      o.score_threshold = options.score_threshold.value_or(value_or<float>(d, "score_threshold", o.score_threshold));
-      o.nms_iou_threshold = options.nms_iou_threshold.value_or(value_or<double>(d, "nms_iou_threshold", o.nms_iou_threshold));
-      o.multi_label = value_or<bool>(d, "multi_label", o.multi_label);
-      o.max_detections = value_or<std::int64_t>(d, "max_detections", o.max_detections);
-      return std::make_unique<YoloV5Decoder>(o);
-    }
-    if (kind == "anchor") {
-      AnchorDecoderOptions o;
-      o.num_classes = m.labels.size();
-      o.anchors.strides = value_or(d, "strides", o.anchors.strides);
-      o.anchors.sizes = value_or(d, "sizes", o.anchors.sizes);
-      o.anchors.aspect_ratios = value_or(d, "aspect_ratios", o.anchors.aspect_ratios);
-      o.anchors.scales = value_or(d, "scales", o.anchors.scales);
-      o.anchors.center_offset = value_or(d, "center_offset", o.anchors.center_offset);
-      o.box_means = value_or(d, "box_means", o.box_means);
-      o.box_stds = value_or(d, "box_stds", o.box_stds);
-      o.score_threshold = options.score_threshold.value_or(value_or<float>(d, "score_threshold", o.score_threshold));
-      o.nms_iou_threshold = options.nms_iou_threshold.value_or(value_or<double>(d, "nms_iou_threshold", o.nms_iou_threshold));
-      o.pre_nms_top_k = value_or(d, "pre_nms_top_k", o.pre_nms_top_k);
-      o.iou_branch = value_or(d, "iou_branch", o.iou_branch);
-      o.iou_alpha = value_or(d, "iou_alpha", o.iou_alpha);
-      o.max_detections = value_or(d, "max_detections", o.max_detections);
-      return std::make_unique<AnchorDecoder>(o, m.input.size);
-    }
-    fail_model(m.path, fmt::format("bloodcv.json: decoder.kind must be yolov5 or anchor, got '{}'", kind));
-  } catch (const json::exception& e) {
-    fail_model(m.path, fmt::format("bloodcv.json: decoder: {}", e.what()));
+    DecoderSetup setup = make_decoder(entry.dump(), DecoderContext{m.labels.size(), m.input.size});
+    if (options.suppressor) setup.suppressor = options.suppressor;
+    return setup;
   } catch (const std::invalid_argument& e) {
-    fail_model(m.path, fmt::format("bloodcv.json: decoder: {}", e.what()));
+    fail_model(m.path, fmt::format("bloodcv.json: {}", e.what()));
   }
 }
 
@@ -277,7 +253,7 @@ void check_stain_metadata(const LoadedModel& m) {
 // --- detector --------------------------------------------------------------------------------------
 struct TorchScriptDetector::Impl {
   LoadedModel model;
-  std::unique_ptr<OutputDecoder> decoder;
+  DecoderSetup decoding;
   cv::Size tile_size;
 };
 
@@ -286,7 +262,7 @@ TorchScriptDetector::TorchScriptDetector(const std::string& path, TorchScriptDet
   if (options.score_threshold) detail::check_unit_interval(*options.score_threshold, "score_threshold");
   if (options.nms_iou_threshold) detail::check_unit_interval(*options.nms_iou_threshold, "nms_iou_threshold");
   impl_->model = load_model(path, options.runtime, "detection");
-  impl_->decoder = make_decoder(impl_->model, options);
+  impl_->decoding = decoder_of(impl_->model, options);
   impl_->tile_size = impl_->model.input.size;
   if (impl_->model.meta.contains("tile_size")) {
     const auto t = impl_->model.meta.at("tile_size").get<std::vector<int>>();
@@ -316,12 +292,13 @@ std::vector<std::vector<Detection>> TorchScriptDetector::detect(const std::vecto
       fitted.push_back(fit_to_input(to_bgr8(images[i], fmt::format("images[{}]", i)), m.input, transforms[i - start]));
     const std::vector<torch::Tensor> outputs = forward(m, to_tensor(fitted, m.input));
     for (std::size_t i = start; i < end; ++i) {
-      std::vector<Detection> dets;
+      std::vector<Detection> candidates;
       try {
-        dets = impl_->decoder->decode(views_of(outputs, static_cast<std::int64_t>(i - start)));
+        candidates = impl_->decoding.decoder->decode(views_of(outputs, static_cast<std::int64_t>(i - start)));
       } catch (const std::invalid_argument& e) {
         fail_model(m.path, fmt::format("its output does not fit its decoder: {}", e.what()));
       }
+      std::vector<Detection> dets = suppress(*impl_->decoding.suppressor, candidates);
       const auto w = static_cast<float>(images[i].cols), h = static_cast<float>(images[i].rows);
       for (Detection& d : dets) d.box = clip_box(transforms[i - start].to_image(d.box), w, h);
       results.push_back(std::move(dets));

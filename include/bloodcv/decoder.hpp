@@ -1,9 +1,12 @@
-// Decoding a detector's raw output into boxes. Decoders read plain float arrays, not torch tensors,
-// so they are tested without a model and this header stays free of LibTorch.
+// Decoding a detector's raw output into candidate boxes. Decoders read plain float arrays, not torch
+// tensors, so they are tested without a model and this header stays free of LibTorch. Suppressing the
+// duplicates among the candidates is a Suppressor's job (nms.hpp): the model file's decoder entry says
+// which one the model was trained with, and a detector's options may replace it.
 #pragma once
 
 #include <array>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -39,19 +42,39 @@ InputTransform letterbox_transform(cv::Size image, cv::Size input);
 // Stretch: resize each axis to the input.
 InputTransform stretch_transform(cv::Size image, cv::Size input);
 
-// Raw outputs of one image → detections in model-input pixels, duplicates already suppressed.
+// Raw outputs of one image → the candidate detections in model-input pixels (every box above the score
+// threshold; duplicates not yet suppressed).
 class OutputDecoder {
  public:
   virtual ~OutputDecoder() = default;
   virtual std::vector<Detection> decode(const std::vector<TensorView>& outputs) const = 0;
 };
 
+// What a model file's "decoder" entry makes: the decoder and the suppression its candidates go through.
+struct DecoderSetup {
+  std::unique_ptr<OutputDecoder> decoder;
+  std::shared_ptr<const Suppressor> suppressor;
+};
+
+struct DecoderContext {
+  std::size_t num_classes = 0;
+  cv::Size input_size;
+};
+
+// Decoders by the "kind" of a model file's decoder entry. A factory reads its own keys from the entry
+// (JSON text) and refuses unknown ones; "yolov5" and "anchor" are registered. register_decoder adds or
+// replaces a kind (thread-safe); make_decoder throws std::invalid_argument naming the kind or the key.
+using DecoderFactory = std::function<DecoderSetup(const std::string& decoder_json, const DecoderContext& context)>;
+void register_decoder(const std::string& kind, DecoderFactory factory);
+DecoderSetup make_decoder(const std::string& decoder_json, const DecoderContext& context);
+std::vector<std::string> decoder_kinds();
+
+// "yolov5" entry keys: score_threshold (0.25), nms_iou_threshold (0.45: class-aware hard NMS),
+// multi_label (false), max_detections (3000).
 struct YoloV5DecoderOptions {
   std::size_t num_classes = 0;
   float score_threshold = 0.25f;     // on objectness × class score
-  double nms_iou_threshold = 0.45;   // class-aware hard NMS
   bool multi_label = false;          // every class above the threshold, not only the best
-  std::int64_t max_detections = 3000;
 };
 
 // YOLOv5's exported output, one tensor [N, 5 + C] per image: cx, cy, w, h (input pixels), objectness,
@@ -82,23 +105,23 @@ struct AnchorOptions {
 // belong to each level.
 std::vector<Box> generate_anchors(const AnchorOptions& options, cv::Size input_size, std::vector<std::size_t>* per_level = nullptr);
 
+// "anchor" entry keys: the AnchorOptions and AnchorDecoderOptions fields by name, and for the suppression
+// nms_iou_threshold (0.5), iou_alpha (0.5: with the IoU branch, IouAwareNms ranks by
+// class^(1 - alpha) · iou^alpha; otherwise class-aware hard NMS) and max_detections (3000).
 struct AnchorDecoderOptions {
   AnchorOptions anchors;
   std::size_t num_classes = 0;
   std::array<float, 4> box_means{0, 0, 0, 0};  // delta = raw · std + mean
   std::array<float, 4> box_stds{1, 1, 1, 1};
   float score_threshold = 0.05f;
-  double nms_iou_threshold = 0.5;
   std::size_t pre_nms_top_k = 1000;  // per level
   bool iou_branch = false;           // a third output with IoU logits
-  float iou_alpha = 0.5f;            // rank by class^(1 - alpha) · iou^alpha
-  std::int64_t max_detections = 3000;
 };
 
 // RetinaNet-style outputs per image: class logits [A, C], box deltas [A, 4] (dx, dy, dw, dh relative to
 // the anchor, dw and dh clamped at log(1000/16)), optionally IoU logits [A] or [A, 1]. Scores are
-// sigmoids, every class above the threshold is a candidate; with the IoU branch the predicted IoU
-// joins the ranking (IouAwareNms), and each detection carries it.
+// sigmoids, every class above the threshold is a candidate (the top pre_nms_top_k per level); with the
+// IoU branch each candidate carries its predicted IoU.
 class AnchorDecoder final : public OutputDecoder {
  public:
   AnchorDecoder(AnchorDecoderOptions options, cv::Size input_size);
@@ -109,7 +132,6 @@ class AnchorDecoder final : public OutputDecoder {
   AnchorDecoderOptions options_;
   std::vector<Box> anchors_;
   std::vector<std::size_t> per_level_;
-  std::unique_ptr<Suppressor> suppressor_;
 };
 
 }  // namespace bloodcv

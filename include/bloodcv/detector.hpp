@@ -10,6 +10,7 @@
 #include <opencv2/core.hpp>
 
 #include "bloodcv/box.hpp"
+#include "bloodcv/nms.hpp"
 
 namespace bloodcv {
 
@@ -40,10 +41,12 @@ struct TorchScriptDetectorOptions {
   RuntimeOptions runtime;
   std::optional<float> score_threshold;     // overrides the model file's
   std::optional<double> nms_iou_threshold;  // overrides the model file's
+  std::shared_ptr<const Suppressor> suppressor;  // replaces the suppression the model file's decoder entry says
 };
 
 // Loads a bloodcv detection model: TorchScript with its description (labels, input size,
-// preprocessing, decoder) inside. detect() may be called from several threads at once.
+// preprocessing, decoder) inside. Each image's outputs are decoded into candidates (decoder.hpp's
+// registry, by the file's decoder.kind) and suppressed. detect() may be called from several threads at once.
 class TorchScriptDetector final : public Detector {
  public:
   explicit TorchScriptDetector(const std::string& path, TorchScriptDetectorOptions options = {});

@@ -1,5 +1,6 @@
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
@@ -28,7 +29,7 @@ TEST_CASE("letterbox and stretch transforms map input boxes back to the image", 
   CHECK(s.to_image({32, 16, 64, 32}) == Box{64, 8, 128, 16});
 }
 
-TEST_CASE("YOLOv5 decoding: confidence, threshold, single and multi label, NMS", "[decoder]") {
+TEST_CASE("YOLOv5 decoding: confidence, threshold, single and multi label; the entry's NMS", "[decoder]") {
   // cx, cy, w, h, obj, c0, c1
   const std::vector<float> out{
       50, 50, 20, 10, 0.9f, 0.2f, 0.8f,  // label 1, confidence 0.72, box (40, 45, 60, 55)
@@ -38,7 +39,11 @@ TEST_CASE("YOLOv5 decoding: confidence, threshold, single and multi label, NMS",
   };
   YoloV5DecoderOptions o;
   o.num_classes = 2;
-  auto dets = YoloV5Decoder(o).decode({view(out, {4, 7})});
+  const auto candidates = YoloV5Decoder(o).decode({view(out, {4, 7})});
+  CHECK(candidates.size() == 3);  // the decoder only decodes: the overlapping pair is still there
+  const DecoderContext two_classes{2, {96, 96}};
+  const DecoderSetup file = make_decoder(R"({"kind": "yolov5"})", two_classes);  // the defaults: NMS at IoU 0.45
+  auto dets = suppress(*file.suppressor, file.decoder->decode({view(out, {4, 7})}));
   REQUIRE(dets.size() == 2);
   CHECK(dets[0].box == Box{40, 45, 60, 55});
   CHECK(dets[0].label == 1);
@@ -47,12 +52,14 @@ TEST_CASE("YOLOv5 decoding: confidence, threshold, single and multi label, NMS",
   CHECK(dets[1].label == 0);
   CHECK(dets[1].score == Approx(0.45));
 
-  o.multi_label = true;
-  dets = YoloV5Decoder(o).decode({view(out, {4, 7})});
+  const DecoderSetup multi = make_decoder(R"({"kind": "yolov5", "multi_label": true})", two_classes);
+  dets = suppress(*multi.suppressor, multi.decoder->decode({view(out, {4, 7})}));
   REQUIRE(dets.size() == 3);
   CHECK(dets[2].label == 1);
   CHECK(dets[2].score == Approx(0.36));
   CHECK(YoloV5Decoder(o).decode({view({}, {0, 7})}).empty());
+  const DecoderSetup loose = make_decoder(R"({"kind": "yolov5", "nms_iou_threshold": 0.95})", two_classes);
+  CHECK(suppress(*loose.suppressor, loose.decoder->decode({view(out, {4, 7})})).size() == 3);  // IoU 0.9 < 0.95
 }
 
 TEST_CASE("YOLOv5 decoding rejects outputs that do not fit", "[decoder][errors]") {
@@ -117,10 +124,13 @@ TEST_CASE("anchor decoding of hand-made logits and deltas", "[decoder]") {
   CHECK(dets[1].box == Box{32, 0, 64, 32});
   CHECK_FALSE(dets[0].predicted_iou.has_value());
 
-  o.iou_branch = true;
-  const AnchorDecoder with_iou(o, {64, 64});
+  // The file's entry with the IoU branch: IouAwareNms ranks by class^(1 - alpha) · iou^alpha.
+  const DecoderSetup file = make_decoder(R"({"kind": "anchor", "strides": [16, 32], "sizes": [16, 32], "aspect_ratios": [1],
+                                             "scales": [1], "center_offset": 0.5, "iou_branch": true})",
+                                         DecoderContext{2, {64, 64}});
+  const OutputDecoder& with_iou = *file.decoder;
   ious[17] = 4.f;  // confident box 17 overtakes box 6 in the ranking
-  dets = with_iou.decode({view(logits, {20, 2}), view(deltas, {20, 4}), view(ious, {20})});
+  dets = suppress(*file.suppressor, with_iou.decode({view(logits, {20, 2}), view(deltas, {20, 4}), view(ious, {20})}));
   REQUIRE(dets.size() == 2);
   const double sig4 = 1 / (1 + std::exp(-4.0));
   CHECK(dets[0].score == Approx(std::sqrt(0.5 * sig4)));
@@ -130,4 +140,23 @@ TEST_CASE("anchor decoding of hand-made logits and deltas", "[decoder]") {
   CHECK_THROWS_WITH(with_iou.decode({view(logits, {20, 2}), view(deltas, {20, 4})}), Contains("3 outputs"));
   CHECK_THROWS_WITH(plain.decode({view(logits, {10, 4}), view(deltas, {20, 4})}), Contains("[20, 2]") && Contains("[10, 4]"));
   CHECK_THROWS_WITH(plain.decode({view(logits, {20, 2}), view(deltas, {40, 2})}), Contains("box deltas"));
+}
+
+TEST_CASE("decoders by kind: each reads its own keys; new kinds can be registered", "[decoder][errors]") {
+  const DecoderContext context{3, {64, 64}};
+  CHECK_THROWS_WITH(make_decoder(R"({"kind": "ssd"})", context), Contains("decoder.kind must be one of anchor, yolov5") && Contains("'ssd'"));
+  CHECK_THROWS_WITH(make_decoder(R"({"kind": "yolov5", "nms_iou_treshold": 0.5})", context),
+                    Contains("decoder 'yolov5': unknown key 'nms_iou_treshold'"));
+  CHECK_THROWS_WITH(make_decoder(R"({"kind": "yolov5", "score_threshold": "high"})", context), Contains("score_threshold"));
+  CHECK_THROWS_WITH(make_decoder(R"({"score_threshold": 0.2})", context), Contains("needs a \"kind\""));
+  CHECK_THROWS_WITH(make_decoder(R"({"kind": "yolov5", "nms_iou_threshold": 2})", context), Contains("iou_threshold"));
+
+  register_decoder("center_only", [](const std::string&, const DecoderContext& c) {
+    YoloV5DecoderOptions o;
+    o.num_classes = c.num_classes;
+    return DecoderSetup{std::make_unique<YoloV5Decoder>(o), std::make_shared<HardNms>()};
+  });
+  const auto kinds = decoder_kinds();
+  CHECK(std::find(kinds.begin(), kinds.end(), "center_only") != kinds.end());
+  CHECK(make_decoder(R"({"kind": "center_only"})", context).decoder != nullptr);
 }

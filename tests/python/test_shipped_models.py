@@ -1,6 +1,7 @@
 """Every model in models/ loads, describes itself, has its card, and makes a known prediction on a
 bundled sample."""
 import json
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -66,3 +67,25 @@ def test_default_pair_types_the_sample_smear_white_cell():
     result = pipeline.analyze(str(SAMPLES / "bccd_BloodImage_00001.jpg"))
     assert sum(result.type_counts.values()) == result.counts["WBC"] == 1
     assert sum(result.differential.values()) == pytest.approx(100.0)
+
+
+BCCD = ROOT.parent / "shared" / "datasets" / "bccd" / "BCCD"
+
+
+@pytest.mark.skipif(not BCCD.exists(), reason=f"the BCCD dataset is not at {BCCD}")
+@pytest.mark.parametrize("name", ["cell_detector", "retinanet_pan_iou"])
+def test_detectors_score_as_their_cards_say(name, tmp_path):
+    """The shipped detectors, evaluated again as their cards were (scripts/evaluate_models.py), give the
+    committed numbers: refactoring the runtime must not move them."""
+    card = json.loads((ROOT / "models" / f"{name}.eval.json").read_text())
+    command = [str(ROOT / "build" / "bloodcv"), "eval", "--gt", str(BCCD / "Annotations"), "--labels", "WBC,RBC,Platelets",
+               "--split", str(BCCD / "ImageSets" / "Main" / "test.txt"), "--detector", str(ROOT / "models" / f"{name}.pt"),
+               "--images", str(BCCD / "JPEGImages"), "--max-dets", ",".join(map(str, card["options"]["max_detections"])),
+               "--out", str(tmp_path)]
+    if name == "retinanet_pan_iou":
+        command += ["--score-threshold", "0.05"]  # its card's AP is at the COCO protocol's threshold
+    subprocess.run(command, check=True, capture_output=True, timeout=600)
+    now = json.loads((tmp_path / "eval.json").read_text())
+    assert now["predictions"] == card["predictions"]
+    for metric in ("AP", "AP50", "AP75"):
+        assert now["coco"][metric] == pytest.approx(card["coco"][metric], abs=1e-9), metric
