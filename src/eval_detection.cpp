@@ -6,36 +6,27 @@
 #include <cmath>
 #include <limits>
 #include <map>
-#include <set>
 #include <numeric>
+#include <optional>
+#include <set>
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
-#include <nlohmann/json.hpp>
-#include <opencv2/imgproc.hpp>
 
 #include "check.hpp"
+#include "eval_internal.hpp"
 
 namespace bloodcv::eval {
 
-using detail::fail_argument;
-using json = nlohmann::json;
+using bloodcv::detail::fail_argument;
+using internal::box_area;
+using internal::coco_iou;
+using internal::threshold_index;
 
 namespace {
 
 constexpr int kRecallPoints = 101;  // COCO's recThrs: 0, 0.01, ..., 1
 
-double box_area(const Box& b) { return static_cast<double>(b.x2 - b.x1) * static_cast<double>(b.y2 - b.y1); }
-
-// COCO's bbox IoU (maskUtils.iou) in double; against a crowd box it is intersection over the detection's area.
-double coco_iou(const Box& d, const Box& g, bool crowd) {
-  const double w = std::min<double>(d.x2, g.x2) - std::max<double>(d.x1, g.x1);
-  const double h = std::min<double>(d.y2, g.y2) - std::max<double>(d.y1, g.y1);
-  if (w <= 0 || h <= 0) return 0;
-  const double inter = w * h;
-  const double uni = crowd ? box_area(d) : box_area(d) + box_area(g) - inter;
-  return uni > 0 ? inter / uni : 0;
-}
 
 struct ClassImage {  // one class in one image
   std::vector<GroundTruthBox> gt;
@@ -187,11 +178,6 @@ double mean_defined(const std::vector<double>& values) {
   return n ? sum / n : -1;
 }
 
-std::size_t threshold_index(const std::vector<double>& thresholds, double value) {
-  for (std::size_t i = 0; i < thresholds.size(); ++i)
-    if (std::abs(thresholds[i] - value) < 1e-9) return i;
-  return thresholds.size();
-}
 
 }  // namespace
 
@@ -356,212 +342,6 @@ DetectionReport evaluate_detections(const GroundTruth& truth, const Predictions&
     if (c.ground_truth > 0) maes.push_back(c.count_mae);
   report.count_mae = maes.empty() ? 0 : std::accumulate(maes.begin(), maes.end(), 0.0) / static_cast<double>(maes.size());
   return report;
-}
-
-// --- reports ---------------------------------------------------------------------------------------
-namespace {
-
-std::string number(double v) { return v < 0 ? "—" : fmt::format("{:.4f}", v); }
-
-}  // namespace
-
-std::string to_markdown(const DetectionReport& r) {
-  std::string s = fmt::format("Detection: {} images, {} predictions.\n", r.images, r.predictions);
-  if (r.images_without_predictions)
-    s += fmt::format("\n{} of the {} images have no predictions: all their cells count as missed.\n", r.images_without_predictions, r.images);
-  if (!r.unmatched_prediction_images.empty())
-    s += fmt::format("\n{} predicted images are not in the ground truth and were ignored (e.g. '{}').\n", r.unmatched_prediction_images.size(),
-                     r.unmatched_prediction_images.front());
-  s += "\n| metric | value |\n|---|---:|\n";
-  for (const auto& [k, v] : r.coco) s += fmt::format("| {} | {} |\n", k, number(v));
-  s += "\nAll classes, ranked by score across classes: precision, recall and F1 at the confidence that maximises F1.\n\n"
-       "| IoU | precision | recall | F1 | confidence | AP |\n|---:|---:|---:|---:|---:|---:|\n";
-  for (const auto& row : r.by_iou)
-    s += fmt::format("| {:.2f} | {:.4f} | {:.4f} | {:.4f} | {:.3f} | {} |\n", row.iou, row.precision, row.recall, row.f1, row.confidence, number(row.ap));
-  s += "\n| class | ground truth | AP | AP50 | AP75 | P@0.5 | R@0.5 | F1@0.5 | count MAE (score ≥) |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n";
-  const auto& th = r.options.iou_thresholds;
-  const std::size_t t50 = threshold_index(th, 0.5) < th.size() ? threshold_index(th, 0.5) : 0;
-  for (const auto& c : r.classes) {
-    const ThresholdRow& row = c.by_iou[t50];
-    s += fmt::format("| {} | {} | {} | {} | {} | {:.4f} | {:.4f} | {:.4f} | {:.3f} ({:.3f}) |\n", c.label, c.ground_truth, number(c.ap),
-                     number(c.ap50), number(c.ap75), row.precision, row.recall, row.f1, c.count_mae, c.count_threshold);
-  }
-  s += fmt::format("\nMean counting error over classes: {:.3f} cells per image.\n", r.count_mae);
-  return s;
-}
-
-std::string to_json(const DetectionReport& r) {
-  auto rows = [](const std::vector<ThresholdRow>& v) {
-    json out = json::array();
-    for (const auto& row : v)
-      out.push_back({{"iou", row.iou}, {"precision", row.precision}, {"recall", row.recall}, {"f1", row.f1}, {"confidence", row.confidence}, {"ap", row.ap}});
-    return out;
-  };
-  json coco = json::object();
-  for (const auto& [k, v] : r.coco) coco[k] = v;
-  json classes = json::array();
-  for (const auto& c : r.classes)
-    classes.push_back({{"label", c.label}, {"ground_truth", c.ground_truth}, {"ap", c.ap}, {"ap50", c.ap50}, {"ap75", c.ap75},
-                       {"by_iou", rows(c.by_iou)}, {"count_mae", c.count_mae}, {"count_threshold", c.count_threshold}});
-  json opts{{"iou_thresholds", r.options.iou_thresholds}, {"max_detections", r.options.max_detections}};
-  return json{{"images", r.images}, {"predictions", r.predictions}, {"images_without_predictions", r.images_without_predictions},
-              {"unmatched_prediction_images", r.unmatched_prediction_images}, {"coco", coco}, {"by_iou", rows(r.by_iou)},
-              {"classes", classes}, {"count_mae", r.count_mae}, {"options", opts}}
-             .dump(1) + "\n";
-}
-
-// --- classification --------------------------------------------------------------------------------
-ClassificationReport evaluate_classification(const std::vector<std::int64_t>& truth, const std::vector<std::int64_t>& predicted,
-                                             const std::vector<std::string>& labels) {
-  if (truth.size() != predicted.size()) fail_argument("truth has {} entries but predicted has {}", truth.size(), predicted.size());
-  const std::size_t k = labels.size();
-  if (k == 0) fail_argument("labels is empty");
-  ClassificationReport r;
-  r.labels = labels;
-  r.confusion.assign(k, std::vector<int>(k, 0));
-  for (std::size_t i = 0; i < truth.size(); ++i) {
-    for (const auto v : {truth[i], predicted[i]})
-      if (v < 0 || static_cast<std::size_t>(v) >= k) fail_argument("label index {} at position {} is outside [0, {})", v, i, k);
-    ++r.confusion[static_cast<std::size_t>(truth[i])][static_cast<std::size_t>(predicted[i])];
-  }
-  int correct = 0, total = static_cast<int>(truth.size());
-  for (std::size_t c = 0; c < k; ++c) correct += r.confusion[c][c];
-  r.accuracy = total ? static_cast<double>(correct) / total : 0;
-  int with_support = 0;
-  for (std::size_t c = 0; c < k; ++c) {
-    int predicted_c = 0, support = 0;
-    for (std::size_t o = 0; o < k; ++o) {
-      predicted_c += r.confusion[o][c];
-      support += r.confusion[c][o];
-    }
-    const double p = predicted_c ? static_cast<double>(r.confusion[c][c]) / predicted_c : 0;
-    const double rc = support ? static_cast<double>(r.confusion[c][c]) / support : 0;
-    r.precision.push_back(p);
-    r.recall.push_back(rc);
-    r.f1.push_back(p + rc > 0 ? 2 * p * rc / (p + rc) : 0);
-    r.support.push_back(support);
-    if (support) ++with_support;
-    r.weighted_precision += p * support;
-    r.weighted_recall += rc * support;
-    r.weighted_f1 += r.f1.back() * support;
-  }
-  for (std::size_t c = 0; c < k; ++c)  // macro averages over classes that occur, as scikit-learn with zero_division=0
-    if (r.support[c]) {
-      r.macro_precision += r.precision[c] / with_support;
-      r.macro_recall += r.recall[c] / with_support;
-      r.macro_f1 += r.f1[c] / with_support;
-    }
-  if (total) {
-    r.weighted_precision /= total;
-    r.weighted_recall /= total;
-    r.weighted_f1 /= total;
-  }
-  return r;
-}
-
-std::string to_markdown(const ClassificationReport& r) {
-  int total = 0;
-  for (const int s : r.support) total += s;
-  std::string s = fmt::format("Accuracy {:.4f} over {} samples.\n\n| class | precision | recall | F1 | support |\n|---|---:|---:|---:|---:|\n",
-                              r.accuracy, total);
-  for (std::size_t c = 0; c < r.labels.size(); ++c)
-    s += fmt::format("| {} | {:.4f} | {:.4f} | {:.4f} | {} |\n", r.labels[c], r.precision[c], r.recall[c], r.f1[c], r.support[c]);
-  s += fmt::format("| macro avg | {:.4f} | {:.4f} | {:.4f} | {} |\n", r.macro_precision, r.macro_recall, r.macro_f1, total);
-  s += fmt::format("| weighted avg | {:.4f} | {:.4f} | {:.4f} | {} |\n", r.weighted_precision, r.weighted_recall, r.weighted_f1, total);
-  s += "\nConfusion matrix (rows: true, columns: predicted)\n\n| |";
-  for (const auto& l : r.labels) s += " " + l + " |";
-  s += "\n|---|" + std::string() ;
-  for (std::size_t c = 0; c < r.labels.size(); ++c) s += "---:|";
-  s += "\n";
-  for (std::size_t c = 0; c < r.labels.size(); ++c) {
-    s += "| " + r.labels[c] + " |";
-    for (const int v : r.confusion[c]) s += fmt::format(" {} |", v);
-    s += "\n";
-  }
-  return s;
-}
-
-std::string to_json(const ClassificationReport& r) {
-  return json{{"labels", r.labels}, {"accuracy", r.accuracy}, {"precision", r.precision}, {"recall", r.recall}, {"f1", r.f1},
-              {"support", r.support}, {"macro", {{"precision", r.macro_precision}, {"recall", r.macro_recall}, {"f1", r.macro_f1}}},
-              {"weighted", {{"precision", r.weighted_precision}, {"recall", r.weighted_recall}, {"f1", r.weighted_f1}}},
-              {"confusion", r.confusion}}
-             .dump(1) + "\n";
-}
-
-cv::Mat draw_confusion(const ClassificationReport& r, int cell_px) {
-  const int k = static_cast<int>(r.labels.size()), margin = 140;
-  cv::Mat image(margin + k * cell_px + 10, margin + k * cell_px + 10, CV_8UC3, cv::Scalar::all(255));
-  for (int t = 0; t < k; ++t) {
-    int row_total = 0;
-    for (const int v : r.confusion[static_cast<std::size_t>(t)]) row_total += v;
-    for (int p = 0; p < k; ++p) {
-      const int v = r.confusion[static_cast<std::size_t>(t)][static_cast<std::size_t>(p)];
-      const double share = row_total ? static_cast<double>(v) / row_total : 0;
-      const cv::Rect cell(margin + p * cell_px, margin + t * cell_px, cell_px, cell_px);
-      cv::rectangle(image, cell, cv::Scalar(255, 255 - 200 * share, 255 - 200 * share), cv::FILLED);
-      cv::rectangle(image, cell, cv::Scalar::all(180), 1);
-      cv::putText(image, std::to_string(v), cell.tl() + cv::Point(6, cell_px / 2 + 5), cv::FONT_HERSHEY_SIMPLEX, 0.45,
-                  share > 0.6 ? cv::Scalar::all(255) : cv::Scalar::all(0), 1, cv::LINE_AA);
-    }
-    cv::putText(image, r.labels[static_cast<std::size_t>(t)].substr(0, 16), {4, margin + t * cell_px + cell_px / 2 + 5},
-                cv::FONT_HERSHEY_SIMPLEX, 0.45, cv::Scalar::all(0), 1, cv::LINE_AA);
-  }
-  for (int p = 0; p < k; ++p) {  // column labels, written upwards
-    cv::Mat text(cell_px, margin - 6, CV_8UC3, cv::Scalar::all(255));
-    cv::putText(text, r.labels[static_cast<std::size_t>(p)].substr(0, 16), {2, cell_px / 2 + 5}, cv::FONT_HERSHEY_SIMPLEX, 0.45,
-                cv::Scalar::all(0), 1, cv::LINE_AA);
-    cv::Mat rotated;
-    cv::rotate(text, rotated, cv::ROTATE_90_COUNTERCLOCKWISE);
-    rotated.copyTo(image(cv::Rect(margin + p * cell_px, 2, cell_px, margin - 6)));
-  }
-  cv::putText(image, "true \\ predicted", {4, 16}, cv::FONT_HERSHEY_SIMPLEX, 0.4, cv::Scalar::all(90), 1, cv::LINE_AA);
-  return image;
-}
-
-// --- detect, then classify ---------------------------------------------------------------------------
-ChainReport evaluate_chain(const std::map<std::string, std::vector<TypedBox>>& truth,
-                           const std::map<std::string, std::vector<TypedBox>>& predicted, double iou_threshold) {
-  detail::check_unit_interval(iou_threshold, "iou_threshold");
-  ChainReport r;
-  std::vector<std::string> types;
-  auto type_index = [&](const std::string& t) {
-    const auto it = std::find(types.begin(), types.end(), t);
-    if (it != types.end()) return static_cast<std::int64_t>(it - types.begin());
-    types.push_back(t);
-    return static_cast<std::int64_t>(types.size() - 1);
-  };
-  std::vector<std::int64_t> true_types, predicted_types;
-  for (const auto& [image, cells] : truth) {
-    r.cells += static_cast<int>(cells.size());
-    const auto it = predicted.find(image);
-    if (it == predicted.end()) continue;
-    std::vector<TypedBox> preds = it->second;
-    std::stable_sort(preds.begin(), preds.end(), [](const TypedBox& a, const TypedBox& b) { return a.score > b.score; });
-    std::vector<char> taken(cells.size(), 0);
-    for (const TypedBox& p : preds) {
-      std::ptrdiff_t best = -1;
-      double best_iou = iou_threshold;
-      for (std::size_t g = 0; g < cells.size(); ++g) {
-        const double v = coco_iou(p.box, cells[g].box, false);
-        if (!taken[g] && v >= best_iou) {
-          best = static_cast<std::ptrdiff_t>(g);
-          best_iou = v;
-        }
-      }
-      if (best < 0) continue;
-      taken[static_cast<std::size_t>(best)] = 1;
-      ++r.detected;
-      const std::string& t = cells[static_cast<std::size_t>(best)].type;
-      r.correct += p.type == t;
-      true_types.push_back(type_index(t));
-      predicted_types.push_back(type_index(p.type));
-    }
-  }
-  r.detection_recall = r.cells ? static_cast<double>(r.detected) / r.cells : 0;
-  r.end_to_end_accuracy = r.cells ? static_cast<double>(r.correct) / r.cells : 0;
-  if (!types.empty()) r.types = evaluate_classification(true_types, predicted_types, types);
-  return r;
 }
 
 }  // namespace bloodcv::eval
