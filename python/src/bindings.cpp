@@ -8,6 +8,7 @@ PYBIND11_MODULE(_core, m) {
   m.attr("__version__") = bloodcv::kVersion;
   bloodcv::python::bind_geometry(m);
   bloodcv::python::bind_stain(m);
+  bloodcv::python::bind_decoders(m);
   bloodcv::python::bind_runtime(m);
   bloodcv::python::bind_eval(m);
 }

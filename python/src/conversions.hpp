@@ -167,6 +167,7 @@ std::shared_ptr<const TileMerger> merger_of(const py::object& merger, const Seam
 void bind_geometry(py::module_& m);
 void bind_runtime(py::module_& m);
 void bind_stain(py::module_& m);
+void bind_decoders(py::module_& m);
 void bind_eval(py::module_& m);
 
 }  // namespace bloodcv::python

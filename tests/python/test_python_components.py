@@ -334,3 +334,38 @@ def test_a_python_suppressor_is_a_strategy_like_the_others():
 
     with pytest.raises(ValueError, match="kept index 7 of 3 boxes"):
         Broken()(boxes, scores)
+
+
+class CornerDecoder(bloodcv.OutputDecoder):
+    """The model outputs one row per image, (x1, y1, x2, y2, score): a single candidate."""
+
+    def decode(self, outputs):
+        (row,) = outputs
+        return {"boxes": row[None, :4], "scores": row[4:5], "labels": np.zeros(1, np.int64)}
+
+
+def test_a_decoder_written_in_python_decodes_a_model_files_outputs(tmp_path):
+    import json as jsonlib
+
+    class Fixed(torch.nn.Module):
+        def forward(self, x):
+            return torch.tensor([[16.0, 32.0, 48.0, 64.0, 0.9]]).expand(x.shape[0], 5)
+
+    seen = {}
+
+    def factory(entry, num_classes, input_size):
+        seen.update(entry=entry, num_classes=num_classes, input_size=input_size)
+        return CornerDecoder(), bloodcv.HardNms(iou_threshold=entry["nms"])
+
+    bloodcv.register_decoder("corner_row", factory)
+    assert "corner_row" in bloodcv.decoder_kinds()
+    meta = {"format": "bloodcv-model", "version": 1, "task": "detection", "name": "corner", "labels": ["cell"],
+            "input_size": [128, 128], "input": {"resize": "stretch"}, "decoder": {"kind": "corner_row", "nms": 0.5}}
+    path = tmp_path / "corner.pt"
+    torch.jit.save(torch.jit.trace(Fixed(), torch.zeros(1, 3, 128, 128)), str(path),
+                   _extra_files={"bloodcv.json": jsonlib.dumps(meta)})
+    detector = bloodcv.TorchScriptDetector(str(path))
+    assert seen == {"entry": {"kind": "corner_row", "nms": 0.5}, "num_classes": 1, "input_size": (128, 128)}
+    (out,) = detector.detect([np.zeros((256, 256, 3), np.uint8)])  # stretched by 2: boxes map back × 2
+    np.testing.assert_allclose(out["boxes"], [[32, 64, 96, 128]])
+    np.testing.assert_allclose(out["scores"], [0.9])
