@@ -13,8 +13,8 @@ from bloodcv.export import load_model
 ROOT = Path(__file__).resolve().parents[2]
 MODELS = ROOT / "models"
 SAMPLES = ROOT / "examples" / "data"
-SHIPPED = ["cell_detector", "retinanet_pan_iou", "wbc_classifier", "wbc_binary_classifier", "bone_marrow_classifier",
-           "bone_marrow_vit"]
+SHIPPED = ["cell_detector", "retinanet_pan_iou", "wbc_classifier", "pbc_classifier", "wbc_binary_classifier",
+           "bone_marrow_classifier", "bone_marrow_vit"]
 
 
 @pytest.mark.parametrize("name", SHIPPED)
@@ -50,6 +50,8 @@ def test_detector_finds_the_sample_white_cell_and_red_cells(name):
 
 @pytest.mark.parametrize("name, sample, expected", [
     ("wbc_classifier", "pbc_neutrophil_BNE_131871.jpg", "neutrophil"),
+    ("wbc_classifier", "bone_marrow_EOS_00003.jpg", "eosinophil"),
+    ("pbc_classifier", "pbc_neutrophil_BNE_131871.jpg", "neutrophil"),
     ("wbc_binary_classifier", "pbc_neutrophil_BNE_131871.jpg", "polynuclear"),
     ("bone_marrow_classifier", "bone_marrow_EOS_00003.jpg", "EOS"),
     ("bone_marrow_vit", "bone_marrow_EOS_00003.jpg", "EOS")])
@@ -65,8 +67,17 @@ def test_default_pair_types_the_sample_smear_white_cell():
     pipeline = bloodcv.Pipeline(bloodcv.TorchScriptDetector(str(MODELS / "cell_detector.pt")),
                                 bloodcv.TorchScriptClassifier(str(MODELS / "wbc_classifier.pt")))
     result = pipeline.analyze(str(SAMPLES / "bccd_BloodImage_00001.jpg"))
-    assert sum(result.type_counts.values()) == result.counts["WBC"] == 1
-    assert sum(result.differential.values()) == pytest.approx(100.0)
+    assert result.counts["WBC"] == 1
+    assert result.type_counts["neutrophil"] == 1 and result.differential["neutrophil"] == 100.0  # a segmented neutrophil
+    assert result.differential_note == ""
+
+
+def test_default_classifier_carries_its_calibration_and_stain_targets():
+    classifier = bloodcv.TorchScriptClassifier(str(MODELS / "wbc_classifier.pt"))
+    assert classifier.labels() == ["basophil", "eosinophil", "lymphocyte", "monocyte", "neutrophil"]
+    assert 0 < classifier.temperature < 1 and classifier.uncertainty_threshold() == 0.5
+    stain = json.loads(classifier.metadata_json)["stain"]
+    assert stain["default"] == "none" and {"reinhard", "macenko"} <= set(stain)
 
 
 BCCD = ROOT.parent / "shared" / "datasets" / "bccd" / "BCCD"
