@@ -117,16 +117,15 @@ def known_white_cells(datasets: Path) -> dict:
             for s in bccd_samples(datasets / "bccd", WBC_TYPES, labels) if s.fixed_split == "test"}
 
 
-def evaluate_chain(detector: Path, classifier: Path, bccd: Path, datasets: Path, out: Path) -> dict:
-    """The default pair end to end, built as `bloodcv analyze` builds it (the classifier file's calibration,
-    threshold and stain normalisation): a cell typed "uncertain" is found but not typed right."""
-    truth = known_white_cells(datasets)
-    config = out / ".chain_config.json"
-    config.write_text(json.dumps({"detector": str(detector.resolve()), "classifier": str(classifier.resolve())}))
+def chain_on_bccd(detector: Path, classifier: Path, bccd: Path, truth: dict, out: Path, **config) -> tuple:
+    """(ChainReport, cells typed "uncertain") of the pipeline `bloodcv analyze` would build from this config
+    (the classifier file's calibration, threshold and stain normalisation unless the config says otherwise)."""
+    path = out / ".chain_config.json"
+    path.write_text(json.dumps({"detector": str(detector.resolve()), "classifier": str(classifier.resolve()), **config}))
     try:
-        pipeline = bloodcv.Pipeline.from_config(str(config))
+        pipeline = bloodcv.Pipeline.from_config(str(path))
     finally:
-        config.unlink()
+        path.unlink()
     predicted = {}
     uncertain = 0
     for image_id in truth:
@@ -136,7 +135,33 @@ def evaluate_chain(detector: Path, classifier: Path, bccd: Path, datasets: Path,
         uncertain += sum(bool(a["uncertain"][i]) for i in typed)
         predicted[image_id] = [(a["boxes"][i].tolist(), "uncertain" if a["uncertain"][i] else r.classifier_labels[a["types"][i]],
                                 float(a["scores"][i])) for i in typed]
-    chain = bev.evaluate_chain(truth, predicted)
+    return bev.evaluate_chain(truth, predicted), uncertain
+
+
+def stain_transfer(detector: Path, classifiers: dict, bccd: Path, datasets: Path, out: Path) -> list:
+    """Does stain normalisation help a classifier on BCCD's test split? Each classifier end to end with each
+    method, to the targets its own file carries → out/wbc_classifier.stain.md / .json."""
+    truth = known_white_cells(datasets)
+    rows = []
+    for title, classifier in classifiers.items():
+        for method in ("none", "reinhard", "macenko"):
+            chain, uncertain = chain_on_bccd(detector, classifier, bccd, truth, out, stain_normalize=method)
+            rows.append({"classifier": title, "stain_normalize": method, "cells": chain.cells, "correct": chain.correct,
+                         "uncertain": uncertain})
+    (out / "wbc_classifier.stain.json").write_text(json.dumps(rows, indent=1) + "\n")
+    md = ("End to end on BCCD's test split (`scripts/evaluate_models.py --wbc`), each classifier with each stain "
+          "normalisation to the targets its file carries:\n\n| classifier | --stain-normalize | typed right | uncertain |\n"
+          "|---|---|---:|---:|\n")
+    md += "".join(f"| {r['classifier']} | {r['stain_normalize']} | {r['correct']}/{r['cells']} | {r['uncertain']} |\n" for r in rows)
+    (out / "wbc_classifier.stain.md").write_text(md)
+    return rows
+
+
+def evaluate_chain(detector: Path, classifier: Path, bccd: Path, datasets: Path, out: Path) -> dict:
+    """The default pair end to end, built as `bloodcv analyze` builds it: a cell typed "uncertain" is found but
+    not typed right."""
+    truth = known_white_cells(datasets)
+    chain, uncertain = chain_on_bccd(detector, classifier, bccd, truth, out)
     result = {"images": len(truth), "cells": chain.cells, "detected": chain.detected, "correct": chain.correct,
               "detection_recall": chain.detection_recall, "end_to_end_accuracy": chain.end_to_end_accuracy,
               "uncertain_typed_cells": uncertain, "classifier": classifier.name,
@@ -247,6 +272,10 @@ def main() -> None:
         return
     if args.wbc:
         print(wbc_sources_table(ROOT / "runs" / "wbc", args.out)["rows"])
+        held_out = ROOT / "runs" / "wbc" / "without_bccd" / "wbc_classifier.pt"
+        print(stain_transfer(args.detector, {"default (all sources)": args.classifier,
+                                             **({"trained without BCCD": held_out} if held_out.exists() else {})},
+                             bccd, args.datasets, args.out))
         chain = evaluate_chain(args.detector, args.classifier, bccd, args.datasets, args.out)
         print({k: v for k, v in chain.items() if k != "types_of_detected"})
         return
