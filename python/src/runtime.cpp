@@ -380,7 +380,7 @@ void bind_runtime(py::module_& m) {
       .def(py::init([](std::shared_ptr<Detector> detector, std::shared_ptr<Classifier> classifier, std::shared_ptr<Tiler> tiler,
                        std::vector<std::string> classify_labels, const py::object& merger, double match_threshold,
                        const std::string& metric, std::shared_ptr<StainNormalizer> stain_normalizer, bool stain_before_detection,
-                       std::optional<float> uncertain_below) {
+                       std::optional<float> uncertain_below, bool class_aware) {
              if (!detector) throw py::value_error("Pipeline needs a detector, got None");
              if (!tiler) {
                GridTilerOptions o;
@@ -389,7 +389,7 @@ void bind_runtime(py::module_& m) {
              }
              PipelineOptions options;
              options.classify_labels = std::move(classify_labels);
-             options.merger = merger_of(merger, SeamMergeOptions{match_threshold, parse_box_metric(metric), true});
+             options.merger = merger_of(merger, SeamMergeOptions{match_threshold, parse_box_metric(metric), class_aware});
              options.stain_normalizer = stain_normalizer;
              options.stain_before_detection = stain_before_detection;
              options.uncertain_below = uncertain_below;
@@ -398,14 +398,14 @@ void bind_runtime(py::module_& m) {
            py::arg("detector"), py::arg("classifier") = nullptr, py::arg("tiler") = nullptr,
            py::arg("classify_labels") = std::vector<std::string>{"WBC"}, py::arg("merger") = nullptr, py::arg("match_threshold") = 0.5,
            py::arg("metric") = "iou", py::arg("stain_normalizer") = nullptr, py::arg("stain_before_detection") = false,
-           py::arg("uncertain_below") = py::none(),
+           py::arg("uncertain_below") = py::none(), py::arg("class_aware") = true,
            py::keep_alive<1, 2>(), py::keep_alive<1, 3>(), py::keep_alive<1, 4>(), py::keep_alive<1, 6>(), py::keep_alive<1, 9>(),
            "detector: a Detector; classifier: a Classifier or None (detection and counts only); tiler: a Tiler, default a "
            "GridTiler of detector.tile_size() with 15 % overlap; classify_labels: the detector labels whose cells are classified "
            "(each must be one of detector.labels()); merger: a TileMerger (SeamMerger, PooledMerger, make_merger(name)) or a "
            "Suppressor to pool all tiles' detections into, default None: SeamMerger(match_threshold, metric) — detections "
            "of different tiles match where metric ('iou', 'ios', 'giou', 'diou') of their parts in the shared region exceeds "
-           "match_threshold (in [0, 1]); stain_normalizer: a StainNormalizer applied "
+           "match_threshold (in [0, 1]), only within a label when class_aware; stain_normalizer: a StainNormalizer applied "
            "before the classifier (and before the detector too with stain_before_detection), default None; uncertain_below: "
            "cells whose top type probability is below it are typed 'uncertain' (None: the classifier's uncertainty_threshold()).")
       .def_static(
