@@ -105,13 +105,6 @@ at::Tensor centers_inside(const at::Tensor& anchors, const at::Tensor& gt, doubl
 
 }  // namespace
 
-std::vector<AssignResult> LabelAssigner::assign_batch(const std::vector<AssignInput>& images) const {
-  std::vector<AssignResult> out;
-  out.reserve(images.size());
-  for (const auto& im : images) out.push_back(assign(im));
-  return out;
-}
-
 at::Tensor box_iou(const at::Tensor& a, const at::Tensor& b) {
   const at::Tensor area_a = (a.select(1, 2) - a.select(1, 0)) * (a.select(1, 3) - a.select(1, 1));
   const at::Tensor area_b = (b.select(1, 2) - b.select(1, 0)) * (b.select(1, 3) - b.select(1, 1));

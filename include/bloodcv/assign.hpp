@@ -38,8 +38,6 @@ class LabelAssigner {
  public:
   virtual ~LabelAssigner() = default;
   virtual AssignResult assign(const AssignInput& input) const = 0;
-  // Per image, in order: what a training step calls on a batch.
-  std::vector<AssignResult> assign_batch(const std::vector<AssignInput>& images) const;
 };
 
 // Pairwise IoU [N, M] of xyxy boxes, as ATen operations (zero-area pairs give 0).
