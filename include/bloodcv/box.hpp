@@ -36,7 +36,6 @@ struct Detection {
   float score = 0;
   std::int64_t label = 0;
   std::optional<float> predicted_iou;  // from detectors with an IoU-prediction branch
-  std::vector<float> class_probs;      // empty when the detector gives none
 };
 
 // How two boxes overlap. IoS is intersection over the smaller area: high when a box cut by a tile seam

@@ -44,7 +44,7 @@ class Suppressor {
 };
 
 // Applies a strategy to detections: the kept ones in rank order, with merged boxes and new scores;
-// label, predicted IoU and class probabilities come from the kept (highest-ranked) member.
+// label and predicted IoU come from the kept (highest-ranked) member.
 std::vector<Detection> suppress(const Suppressor& suppressor, const std::vector<Detection>& detections);
 
 constexpr std::int64_t kNoLimit = -1;

@@ -185,12 +185,12 @@ TEST_CASE("suppress() on detections keeps the leader's fields", "[nms]") {
   dets[0].box = {0, 0, 10, 10};
   dets[0].score = 0.6f;
   dets[0].label = 2;
-  dets[0].class_probs = {0.1f, 0.9f};
+  dets[0].predicted_iou = 0.7f;
   dets[1].box = {1, 0, 11, 10};
   dets[1].score = 0.4f;
   const auto out = suppress(HardNms(), dets);
   REQUIRE(out.size() == 2);  // different labels
-  CHECK(out[0].class_probs == std::vector<float>{0.1f, 0.9f});
+  CHECK(out[0].predicted_iou == 0.7f);
   dets[1].label = 2;
   CHECK(suppress(HardNms(), dets).size() == 1);
   CHECK(suppress(HardNms(), {}).empty());
