@@ -23,6 +23,7 @@ import json
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -117,15 +118,13 @@ def known_white_cells(datasets: Path) -> dict:
             for s in bccd_samples(datasets / "bccd", WBC_TYPES, labels) if s.fixed_split == "test"}
 
 
-def chain_on_bccd(detector: Path, classifier: Path, bccd: Path, truth: dict, out: Path, **config) -> tuple:
+def chain_on_bccd(detector: Path, classifier: Path, bccd: Path, truth: dict, **config) -> tuple:
     """(ChainReport, cells typed "uncertain") of the pipeline `bloodcv analyze` would build from this config
     (the classifier file's calibration, threshold and stain normalisation unless the config says otherwise)."""
-    path = out / ".chain_config.json"
-    path.write_text(json.dumps({"detector": str(detector.resolve()), "classifier": str(classifier.resolve()), **config}))
-    try:
+    with tempfile.TemporaryDirectory() as work:
+        path = Path(work) / "pipeline.json"
+        path.write_text(json.dumps({"detector": str(detector.resolve()), "classifier": str(classifier.resolve()), **config}))
         pipeline = bloodcv.Pipeline.from_config(str(path))
-    finally:
-        path.unlink()
     predicted = {}
     uncertain = 0
     for image_id in truth:
@@ -145,7 +144,7 @@ def stain_transfer(detector: Path, classifiers: dict, bccd: Path, datasets: Path
     rows = []
     for title, classifier in classifiers.items():
         for method in ("none", "reinhard", "macenko"):
-            chain, uncertain = chain_on_bccd(detector, classifier, bccd, truth, out, stain_normalize=method)
+            chain, uncertain = chain_on_bccd(detector, classifier, bccd, truth, stain_normalize=method)
             rows.append({"classifier": title, "stain_normalize": method, "cells": chain.cells, "correct": chain.correct,
                          "uncertain": uncertain})
     (out / "wbc_classifier.stain.json").write_text(json.dumps(rows, indent=1) + "\n")
@@ -161,7 +160,7 @@ def evaluate_chain(detector: Path, classifier: Path, bccd: Path, datasets: Path,
     """The default pair end to end, built as `bloodcv analyze` builds it: a cell typed "uncertain" is found but
     not typed right."""
     truth = known_white_cells(datasets)
-    chain, uncertain = chain_on_bccd(detector, classifier, bccd, truth, out)
+    chain, uncertain = chain_on_bccd(detector, classifier, bccd, truth)
     result = {"images": len(truth), "cells": chain.cells, "detected": chain.detected, "correct": chain.correct,
               "detection_recall": chain.detection_recall, "end_to_end_accuracy": chain.end_to_end_accuracy,
               "uncertain_typed_cells": uncertain, "classifier": classifier.name,

@@ -210,6 +210,13 @@ Predictions read_coco_results(const fs::path& path, const json& results) {
   return p;
 }
 
+// Whether a JSON file holds an array, from its first non-blank character (without parsing it all).
+bool starts_with_array(const fs::path& file) {
+  std::ifstream in(file);
+  char c = 0;
+  return static_cast<bool>(in >> c) && c == '[';
+}
+
 bool is_report(const json& doc) { return doc.is_object() && doc.value("schema", "") == "bloodcv.analysis"; }
 
 void add_report(Predictions& p, const json& doc, const fs::path& file) {
@@ -241,6 +248,7 @@ Predictions read_predictions(const std::string& path) {
     // bloodcv analyze's output: its reports; the COCO files beside them hold the same detections.
     Predictions p;
     for (const fs::path& file : files_with(root, ".json")) {
+      if (starts_with_array(file)) continue;  // COCO results beside the reports: the same detections again
       const json doc = read_json(file);
       if (is_report(doc)) add_report(p, doc, file);
     }

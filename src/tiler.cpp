@@ -1,8 +1,5 @@
 #include "bloodcv/tiler.hpp"
 
-#include <cmath>
-#include <limits>
-
 #include <opencv2/core.hpp>
 
 #include "check.hpp"

@@ -901,11 +901,9 @@ def run(args) -> int:
             log(f"test at crop_padding {p}: accuracy {m['accuracy']:.4f}")
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
 
-    sources = cfg["sources"] or [{"name": cfg["data_name"], "root": cfg["data_root"], "classes": cfg["classes"],
-                                  "citation": cfg["data_citation"], "licence": cfg["data_licence"]}]
     training = {"data": {"dataset": cfg["data_name"], "root": cfg["data_root"],
                          "classes": cfg["classes"], "citation": cfg["data_citation"], "licence": cfg["data_licence"]}
-                if not multi_source else {"sources": sources, "excluded": cfg["exclude_sources"]},
+                if not multi_source else {"sources": cfg["sources"], "excluded": cfg["exclude_sources"]},
                 "split": {"seed": cfg["seed"], "fractions": cfg["split"],
                           "counts": {k: v["total"] for k, v in summary.items()},
                           "method": "stratified by class folder, each shuffled with numpy default_rng((seed, crc32(folder)))"
