@@ -32,7 +32,7 @@ import torch
 
 import bloodcv
 from bloodcv import eval as bev
-from bloodcv.cell_sources import bccd_samples
+from bloodcv.data.cells import bccd_samples
 from bloodcv.export import load_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -112,7 +112,7 @@ WBC_TYPES = {"NEUTROPHIL": "neutrophil", "EOSINOPHIL": "eosinophil", "LYMPHOCYTE
 
 def known_white_cells(datasets: Path) -> dict:
     """{image: [(box, type)]}: BCCD's test fields with one WBC box and one known type (the classifier
-    recipe's BCCD test cells, bloodcv.cell_sources.bccd_samples)."""
+    recipe's BCCD test cells, bloodcv.data.cells.bccd_samples)."""
     labels = sorted(WBC_TYPES.values())
     return {Path(s.file).stem: [(list(s.box), labels[s.label])]
             for s in bccd_samples(datasets / "bccd", WBC_TYPES, labels) if s.fixed_split == "test"}

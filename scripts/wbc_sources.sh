@@ -22,7 +22,7 @@ train() {  # variant
   [[ "$variant" == triplet ]] && config=configs/classifier_wbc_triplet.json
   mkdir -p "$out"
   "$py" -m bloodcv.train classifier --config "$config" "${exclude[@]}" --out "$out" \
-    --export-path "$out/wbc_classifier.pt" $([[ -f "$out/last.pt" ]] && echo --resume) --quiet > "$out/stdout.log" 2>&1 \
+    --export-path "$out/wbc_classifier.pt" $([[ -f "$out/last.pt" ]] && echo --resume) --no-progress > "$out/stdout.log" 2>&1 \
     && echo "$variant: done ($out/wbc_classifier.pt)" || { echo "$variant: failed, see $out/stdout.log"; return 1; }
 }
 export -f train

@@ -1,6 +1,9 @@
 """numpy and torch at the boundary: the C++ core reads numpy; torch tensors in give torch tensors out."""
 from __future__ import annotations
 
+import functools
+from pathlib import Path
+
 import numpy as np
 
 try:  # torch is optional for the geometry and NMS functions
@@ -35,3 +38,10 @@ def like(result: np.ndarray, reference):
 
 def _torch_dtype(dtype):
     return {np.float32: torch.float32, np.int64: torch.int64}[np.dtype(dtype).type]
+
+
+@functools.lru_cache(maxsize=None)
+def torch_ops():
+    """torch.ops.bloodcv (the assigners and NMS as TorchScript operators), loaded on first use."""
+    torch.ops.load_library(str(Path(__file__).with_name("_ops.so")))
+    return torch.ops.bloodcv

@@ -16,12 +16,13 @@ See examples/training_step.py for a whole training step.
 from __future__ import annotations
 
 from collections import namedtuple
-from pathlib import Path
 from typing import Sequence
 
 import torch
 
-torch.ops.load_library(str(Path(__file__).with_name("_ops.so")))
+from ._arrays import torch_ops
+
+torch_ops()
 
 BACKGROUND = -1
 IGNORE = -2

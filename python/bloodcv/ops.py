@@ -1,7 +1,10 @@
 """Box geometry and the NMS family, with torchvision's names where torchvision has the op.
 
 Every function takes N×4 float boxes as numpy arrays or torch tensors (xyxy unless said otherwise)
-and returns the same kind it was given; CPU float32 inputs are read without a copy.
+and returns the same kind it was given; CPU float32 inputs are read without a copy. nms and
+batched_nms on torch tensors are the operators torch.ops.bloodcv.nms / batched_nms (callable from
+TorchScript too): any floating dtype, computed in float32; tensors on a GPU are refused (ValueError),
+never copied to the CPU behind the caller's back.
 """
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ from collections import namedtuple
 import numpy as np
 
 from . import _core
-from ._arrays import like, to_numpy
+from ._arrays import is_tensor, like, to_numpy, torch_ops
 
 Suppression = namedtuple("Suppression", ["keep", "boxes", "scores"])
 Suppression.__doc__ = """What a Suppressor keeps: Suppression(keep, boxes, scores), the kept input indices in rank order
@@ -79,6 +82,8 @@ def nms(boxes, scores, iou_threshold: float):
     boxes: (N, 4) [x1, y1, x2, y2] in pixels; scores: (N,); a box is dropped when its IoU with a kept,
     higher-scoring box is > iou_threshold (in [0, 1]). Returns the indices (int64) of the kept boxes by
     decreasing score. Equal scores rank by lower index first (torchvision leaves their order to its sort)."""
+    if is_tensor(boxes):
+        return torch_ops().nms(boxes, scores, float(iou_threshold))
     keep = _core.nms(to_numpy(boxes, np.float32), to_numpy(scores, np.float32), float(iou_threshold))
     return like(keep, boxes)
 
@@ -88,6 +93,8 @@ def batched_nms(boxes, scores, idxs, iou_threshold: float):
 
     boxes (N, 4) [x1, y1, x2, y2] in pixels, scores (N,), iou_threshold in [0, 1]. Returns the indices (int64)
     of the kept boxes by decreasing score."""
+    if is_tensor(boxes):
+        return torch_ops().batched_nms(boxes, scores, idxs, float(iou_threshold))
     keep = _core.batched_nms(to_numpy(boxes, np.float32), to_numpy(scores, np.float32), to_numpy(idxs, np.int64),
                              float(iou_threshold))
     return like(keep, boxes)

@@ -1,23 +1,21 @@
 """Training entry point: `python -m bloodcv.train <task> ...`.
 
-Each task lives in its own module `bloodcv/train_<task>.py` that defines `HELP` (one line),
-`add_arguments(parser)` and `run(args) -> int`; this dispatcher finds them by name, so adding a task is
-adding a module (no edit here). Tasks: detector (bloodcv.train_detector), classifier
-(bloodcv.train_classifier), retinanet (bloodcv.train_retinanet).
+Each task is a module of bloodcv.training (bloodcv.training.TASKS: detector, retinanet, classifier) that
+defines `HELP` (one line), `add_arguments(parser)` and `run(args) -> int`. Options of the old command
+lines (--quiet, --max-steps, --data-root) are refused with their new names.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
-import pkgutil
 import sys
-from pathlib import Path
+
+from .training import TASKS
+from .training.config import RENAMED_OPTIONS
 
 
 def _tasks() -> dict[str, str]:
-    here = Path(__file__).resolve().parent
-    return {m.name[len("train_"):]: f"{__package__}.{m.name}" for m in pkgutil.iter_modules([str(here)])
-            if m.name.startswith("train_")}
+    return {name: f"{__package__}.training.{name}" for name in TASKS}
 
 
 def main(argv=None) -> int:
@@ -36,6 +34,10 @@ def main(argv=None) -> int:
             p.set_defaults(_run=module.run)
         else:
             sub.add_parser(name, help=f"see `python -m bloodcv.train {name} --help`", add_help=False)
+    for option in argv:
+        old = option.split("=", 1)[0]
+        if old in RENAMED_OPTIONS:
+            parser.error(f"{old} was renamed {RENAMED_OPTIONS[old]}")
     args = parser.parse_args(argv)
     if not hasattr(args, "_run"):
         parser.error(f"task {args.task!r} failed to load")

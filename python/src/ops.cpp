@@ -1,11 +1,13 @@
-// torch.ops.bloodcv.*: the label assigners as TorchScript operators, so Python training loops (and
-// TorchScript) call them on tensors of any device. bloodcv.assign wraps them in classes.
+// torch.ops.bloodcv.*: the label assigners and NMS as TorchScript operators, so Python training loops (and
+// TorchScript) call them on tensors. bloodcv.assign wraps the assigners in classes; bloodcv.nms and
+// bloodcv.batched_nms call the NMS operators for torch tensors.
 #include <algorithm>
 
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
 #include "bloodcv/assign.hpp"
+#include "bloodcv/nms.hpp"
 
 namespace {
 
@@ -77,6 +79,46 @@ at::Tensor gmm_fit_1d(const at::Tensor& x, const at::Tensor& init, std::int64_t 
   });
 }
 
+// NMS runs on the CPU in float32, bloodcv::Box's precision. Any floating dtype is taken (float64
+// coordinates are rounded to float32, which moves no decision for boxes of fewer than 2^24 pixels);
+// tensors on another device are refused rather than copied behind the caller's back.
+at::Tensor float_boxes(const at::Tensor& t, const char* name) {
+  TORCH_CHECK_VALUE(t.device().is_cpu(), "bloodcv NMS runs on the CPU, but ", name, " is on ", t.device(),
+                    ": call .cpu() first (torchvision.ops.nms runs on CUDA)");
+  TORCH_CHECK_VALUE(at::isFloatingType(t.scalar_type()), name, " must be a floating tensor, got ", t.scalar_type());
+  return t.to(at::kFloat).contiguous();
+}
+
+bloodcv::Span<bloodcv::Box> box_span(const at::Tensor& boxes) {
+  TORCH_CHECK_VALUE(boxes.dim() == 2 && boxes.size(1) == 4, "boxes must be (N, 4), got ", boxes.sizes());
+  return {reinterpret_cast<const bloodcv::Box*>(boxes.data_ptr<float>()), static_cast<std::size_t>(boxes.size(0))};
+}
+
+bloodcv::Span<float> score_span(const at::Tensor& scores) {
+  TORCH_CHECK_VALUE(scores.dim() == 1, "scores must be (N,), got ", scores.sizes());
+  return {scores.data_ptr<float>(), static_cast<std::size_t>(scores.numel())};
+}
+
+at::Tensor keep_tensor(const std::vector<std::int64_t>& keep) {
+  return at::tensor(at::ArrayRef<std::int64_t>(keep), at::kLong).reshape({static_cast<std::int64_t>(keep.size())});
+}
+
+at::Tensor nms(const at::Tensor& boxes, const at::Tensor& scores, double iou_threshold) {
+  const at::Tensor b = float_boxes(boxes, "boxes"), s = float_boxes(scores, "scores");
+  return checked([&] { return keep_tensor(bloodcv::nms(box_span(b), score_span(s), iou_threshold)); });
+}
+
+at::Tensor batched_nms(const at::Tensor& boxes, const at::Tensor& scores, const at::Tensor& idxs, double iou_threshold) {
+  const at::Tensor b = float_boxes(boxes, "boxes"), s = float_boxes(scores, "scores");
+  TORCH_CHECK_VALUE(idxs.device().is_cpu(), "bloodcv NMS runs on the CPU, but idxs is on ", idxs.device(), ": call .cpu() first");
+  TORCH_CHECK_VALUE(!at::isFloatingType(idxs.scalar_type()) && idxs.scalar_type() != at::kBool,
+                    "idxs must be an integer tensor, got ", idxs.scalar_type());
+  TORCH_CHECK_VALUE(idxs.dim() == 1, "idxs must be (N,), got ", idxs.sizes());
+  const at::Tensor l = idxs.to(at::kLong).contiguous();
+  const bloodcv::Span<std::int64_t> labels{l.data_ptr<std::int64_t>(), static_cast<std::size_t>(l.numel())};
+  return checked([&] { return keep_tensor(bloodcv::batched_nms(box_span(b), score_span(s), labels, iou_threshold)); });
+}
+
 }  // namespace
 
 TORCH_LIBRARY(bloodcv, m) {
@@ -90,4 +132,6 @@ TORCH_LIBRARY(bloodcv, m) {
         "int top_q, float reg_lambda, bool center_prior, float center_prior_cost) -> (Tensor, Tensor, Tensor, Tensor)", &ota_assign);
   m.def("sinkhorn_log(Tensor cost, Tensor supply, Tensor demand, float epsilon, int iterations) -> Tensor", &sinkhorn_log);
   m.def("gmm_fit_1d(Tensor x, Tensor init, int max_iterations, float tolerance) -> Tensor", &gmm_fit_1d);
+  m.def("nms(Tensor boxes, Tensor scores, float iou_threshold) -> Tensor", &nms);
+  m.def("batched_nms(Tensor boxes, Tensor scores, Tensor idxs, float iou_threshold) -> Tensor", &batched_nms);
 }

@@ -246,7 +246,7 @@ void bind_runtime(py::module_& m) {
              return std::make_shared<TorchScriptDetector>(
                  path, TorchScriptDetectorOptions{runtime_options(device, half, batch_size), score_threshold, nms_iou_threshold});
            }),
-           py::arg("path"), py::arg("device") = "cpu", py::arg("half") = false, py::arg("batch_size") = 8,
+           py::arg("path"), py::arg("device") = "cpu", py::arg("half") = false, py::arg("batch_size") = RuntimeOptions{}.batch_size,
            py::arg("score_threshold") = py::none(), py::arg("nms_iou_threshold") = py::none(), py::call_guard<py::gil_scoped_release>(),
            "Loads the model file at path.\n\n"
            "device: \"cpu\", \"cuda\" or \"cuda:N\"; half: float16 (CUDA only); batch_size: images per forward pass; "
@@ -308,7 +308,7 @@ void bind_runtime(py::module_& m) {
              return std::make_shared<TorchScriptClassifier>(path,
                                                             TorchScriptClassifierOptions{runtime_options(device, half, batch_size), crop_padding});
            }),
-           py::arg("path"), py::arg("device") = "cpu", py::arg("half") = false, py::arg("batch_size") = 32, py::arg("crop_padding") = py::none(),
+           py::arg("path"), py::arg("device") = "cpu", py::arg("half") = false, py::arg("batch_size") = RuntimeOptions{}.batch_size, py::arg("crop_padding") = py::none(),
            py::call_guard<py::gil_scoped_release>(),
            "Loads the model file at path.\n\n"
            "device: \"cpu\", \"cuda\" or \"cuda:N\"; half: float16 (CUDA only); batch_size: crops per forward pass; "

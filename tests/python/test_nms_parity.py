@@ -63,3 +63,32 @@ def test_numpy_in_numpy_out(rng):
     assert keep.tolist() == torchvision.ops.nms(torch.from_numpy(boxes), torch.from_numpy(scores), 0.5).tolist()
     # float64 and lists are accepted too (converted once)
     assert bloodcv.nms(boxes.astype(np.float64), scores.tolist(), 0.5).tolist() == keep.tolist()
+
+
+def test_torch_tensors_go_through_the_torchscript_operators(rng):
+    boxes = torch.from_numpy(random_boxes(rng, 300, 300.0))
+    scores = untied_scores(rng, 300)
+    labels = torch.from_numpy(rng.integers(0, 3, size=300))
+    expected = torchvision.ops.batched_nms(boxes, scores, labels, 0.4)
+
+    @torch.jit.script
+    def scripted(b: torch.Tensor, s: torch.Tensor, l: torch.Tensor) -> torch.Tensor:
+        return torch.ops.bloodcv.batched_nms(b, s, l, 0.4)
+
+    assert torch.equal(scripted(boxes, scores, labels), expected)
+    # any floating dtype: float64 and float16 boxes give float32's answer (float16 rounds to its own grid)
+    assert torch.equal(bloodcv.batched_nms(boxes.double(), scores.double(), labels, 0.4), expected)
+    half = boxes.half()
+    assert torch.equal(bloodcv.nms(half, scores.half(), 0.4), torchvision.ops.nms(half.float(), scores.half().float(), 0.4))
+
+
+def test_tensors_off_the_cpu_or_not_floating_are_refused_not_copied():
+    boxes = torch.zeros(2, 4, device="meta")
+    with pytest.raises(ValueError, match="boxes is on meta.*call .cpu"):
+        bloodcv.nms(boxes, torch.zeros(2, device="meta"), 0.5)
+    with pytest.raises(ValueError, match="boxes must be a floating tensor"):
+        bloodcv.nms(torch.zeros(2, 4, dtype=torch.int64), torch.zeros(2), 0.5)
+    with pytest.raises(ValueError, match="idxs must be an integer tensor"):
+        bloodcv.batched_nms(torch.zeros(2, 4), torch.zeros(2), torch.zeros(2), 0.5)
+    with pytest.raises(ValueError, match="scores has 3 entries but boxes has 2"):
+        bloodcv.nms(torch.tensor([[0.0, 0, 1, 1], [2, 2, 3, 3]]), torch.zeros(3), 0.5)

@@ -100,3 +100,18 @@ def test_detectors_score_as_their_cards_say(name, tmp_path):
     assert now["predictions"] == card["predictions"]
     for metric in ("AP", "AP50", "AP75"):
         assert now["coco"][metric] == pytest.approx(card["coco"][metric], abs=1e-9), metric
+
+
+@pytest.mark.skipif(not BCCD.exists(), reason=f"the BCCD dataset is not at {BCCD}")
+def test_the_recipes_evaluation_gives_bloodcv_evals_numbers():
+    """One AP per model: the detector recipes' evaluation (bloodcv.training.evaluation, with the recipes' reader)
+    of the shipped detector on BCCD's test split gives its card's numbers, which `bloodcv eval` gives (test above)."""
+    from bloodcv.data import LABELS, list_voc_split, read_ids
+    from bloodcv.training.evaluation import evaluate_detector
+
+    card = json.loads((ROOT / "models" / "cell_detector.eval.json").read_text())
+    samples = list_voc_split(BCCD, read_ids(BCCD / "ImageSets" / "Main" / "test.txt"))
+    report = evaluate_detector(ROOT / "models" / "cell_detector.pt", samples, LABELS)["report"]
+    assert report["predictions"] == card["predictions"] and report["images"] == card["images"]
+    for metric in ("AP", "AP50", "AP75"):
+        assert report["coco"][metric] == pytest.approx(card["coco"][metric], abs=1e-9), metric

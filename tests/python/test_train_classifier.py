@@ -10,7 +10,7 @@ cv2 = pytest.importorskip("cv2")
 
 from bloodcv.export import load_model  # noqa: E402
 from bloodcv.models import IBN, BasicBlockIBN, OverlapViT, RegionSelection, ResNetIBN, SmallCNN, build_classifier  # noqa: E402
-from bloodcv import train_classifier as tc  # noqa: E402
+from bloodcv.training import classifier as tc  # noqa: E402
 
 FRACTIONS = {"train": 0.7, "val": 0.15, "test": 0.15}
 
@@ -211,13 +211,13 @@ def test_end_to_end_run_exports_a_loadable_model(tmp_path, model):
             r = 10 + 4 * k
             cv2.circle(img, (36 + int(rng.integers(-3, 4)), 36), r, colour, -1)
             cv2.imwrite(str(tmp_path / "data" / folder / f"{i}.png"), img)
-    cfg = {"name": "tiny", "classes": list(colours), "data_root": str(tmp_path / "data"), "input_size": 32,
+    cfg = {"name": "tiny", "classes": list(colours), "dataset_root": str(tmp_path / "data"), "input_size": 32,
            "cache_dir": str(tmp_path / "cache"), "batch_size": 8, "epochs": 1, "crop_padding": 0.15,
            "split": {"train": 0.6, "val": 0.2, "test": 0.2}, **model}
     (tmp_path / "cfg.json").write_text(json.dumps(cfg))
     out, model_path = tmp_path / "run", tmp_path / "m.pt"
     args = ["classifier", "--config", str(tmp_path / "cfg.json"), "--out", str(out), "--export-path", str(model_path),
-            "--quiet"]
+            "--no-progress"]
     assert dispatcher.main(args) == 0
     module, meta = load_model(model_path)
     assert meta["task"] == "classification" and meta["labels"] == list(colours)

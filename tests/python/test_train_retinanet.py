@@ -7,9 +7,10 @@ import torch
 
 import bloodcv
 from bloodcv import data as D
+from bloodcv.data.detection import collate
 from bloodcv.export import load_model
-from bloodcv.train_detector import load_config
-from bloodcv.train_retinanet import RETINANET_DEFAULTS, RetinaTrainer
+from bloodcv.training.config import load_config
+from bloodcv.training.retinanet import RETINANET_DEFAULTS, RetinaTrainer
 
 
 @pytest.fixture(scope="module")
@@ -33,11 +34,11 @@ def tiny_splits(tmp_path_factory):
 
 @pytest.mark.parametrize("assigner", ["max_iou", "atss", "paa", "ota"])
 def test_loss_falls_with_each_assigner(tiny_splits, tmp_path, assigner):
-    cfg = load_config(None, {**RETINANET_DEFAULTS, "input_size": 128, "width": 16, "channels": 32, "batch_size": 4,
+    cfg = load_config(None, RETINANET_DEFAULTS, {"input_size": 128, "width": 16, "channels": 32, "batch_size": 4,
                              "epochs": 1, "lr": 0.002, "warmup_epochs": 0.0, "assigner": assigner, "augment": {"mosaic": 0.0},
                              "anchors": {**RETINANET_DEFAULTS["anchors"], "sizes": [16, 32, 64]}})
     trainer = RetinaTrainer(cfg, tmp_path, splits=tiny_splits, log_file=False)
-    images, targets, _ = D.collate([trainer.train_ds[i] for i in range(4)])
+    images, targets, _ = collate([trainer.train_ds[i] for i in range(4)])
     losses = []
     for _ in range(8):
         trainer.train_step(images, targets)
@@ -47,7 +48,7 @@ def test_loss_falls_with_each_assigner(tiny_splits, tmp_path, assigner):
 
 
 def test_export_runs_in_the_cpp_runtime(tiny_splits, tmp_path):
-    cfg = load_config(None, {**RETINANET_DEFAULTS, "input_size": 128, "width": 16, "channels": 32, "batch_size": 4,
+    cfg = load_config(None, RETINANET_DEFAULTS, {"input_size": 128, "width": 16, "channels": 32, "batch_size": 4,
                              "epochs": 1})
     trainer = RetinaTrainer(cfg, tmp_path, splits=tiny_splits, log_file=False)
     path = trainer.export(tmp_path / "retina.pt")

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from bloodcv import train_classifier as tc
-from bloodcv.cell_sources import CellSample, bccd_samples, split_samples
+from bloodcv.training import classifier as tc
+from bloodcv.data.cells import CellSample, bccd_samples, split_samples
 
 ROOT = Path(__file__).resolve().parents[2]
 BCCD = ROOT.parent / "shared" / "datasets" / "bccd"

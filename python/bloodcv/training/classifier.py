@@ -43,9 +43,7 @@ import hashlib
 import json
 import math
 import os
-import random
 import shlex
-import sys
 import time
 from pathlib import Path
 
@@ -53,10 +51,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .cell_sources import (CellSample, bccd_samples, detector_samples, folder_samples, split_samples,
-                           stratified_split)
-from .models import build_classifier
-from .models.metric_loss import metric_loss
+from ..data.cells import CellSample, bccd_samples, detector_samples, folder_samples, split_samples, stratified_split
+from ..models import build_classifier
+from ..models.metric_loss import metric_loss
+from .common import Log, progress as progress_bar, rng_state, save_checkpoint, seed_everything, set_rng_state
+from .config import add_common_arguments, common_overrides, load_config as load_any_config, resolve_path
+from .evaluation import classification_metrics
 
 HELP = "train a single-cell classifier (PBC white-cell types) and export it"
 
@@ -65,7 +65,7 @@ PBC_CITATION = ("Acevedo A., Merino A., Alférez S., Molina Á., Boldú L., Rode
                 "(2020) 105474. Mendeley Data, doi:10.17632/snkd93bnjr.1. Licence CC BY 4.0.")
 DEFAULTS = {
     "name": "classifier",
-    "data_root": "../shared/datasets/pbc",
+    "dataset_root": "../shared/datasets/pbc",  # the class folders (a config without "sources")
     "data_name": "PBC (peripheral blood cell images, normal cells)",
     "data_citation": PBC_CITATION,
     "data_licence": "CC BY 4.0",
@@ -77,10 +77,11 @@ DEFAULTS = {
               "resize": "stretch", "pad_value": 114},
     "crop_padding": 0.2,
     "cache_dir": "runs/cache",
+    "out": "runs/classifier",
     "box": {"dark": 0.85, "purple": 25.0, "close": 15, "fallback_side": 0.36},
     "cell_context": 0.6,                  # cells of annotated fields: cached with this · their side around them
     "cell_max_side": 400,                 # ... and at most this many pixels a side
-    "sources": None,                      # [{"name", "kind": "folders" | "bccd", ...}] (bloodcv.cell_sources)
+    "sources": None,                      # [{"name", "kind": "folders" | "bccd", ...}] (bloodcv.data.cells)
     "exclude_sources": [],                # sources that only test (leave-one-source-out)
     "sampling": "shuffle",                # or "balanced": each (source, class) group drawn ∝ its size ** -balance_power
     "balance_power": 0.5,
@@ -99,7 +100,10 @@ DEFAULTS = {
     "warmup_epochs": 1.0,
     "label_smoothing": 0.1,
     "metric_loss": None,                  # {"kind": "center_triplet" | "contrastive", "weight", "margin"}
-    "num_threads": 1,
+    "class_weights": None,                # "balanced": cross-entropy weighted by inverse class frequency
+    "eval_paddings": [0.1, 0.35],         # the test split also at these crop paddings
+    "threads": 1,
+    "max_steps_per_epoch": None,          # smoke runs
     "augment": {
         "padding": [0.05, 0.45],          # crop padding per side drawn in this range (runtime: crop_padding)
         "aspect": 0.1,                    # each side of the crop scaled by U(1 - a, 1 + a)
@@ -122,21 +126,14 @@ DEFAULTS = {
         "downscale_p": 0.0, "downscale": [0.35, 1.0],   # resolution: down by U(lo, hi), back up (bilinear)
         "jpeg_p": 0.0, "jpeg_quality": [30, 95],
     },
-    "export": "models/classifier.pt",
-    "out": "runs/classifier",
+    "export": {"path": "models/classifier.pt"},
 }
 
 
 # --- configuration --------------------------------------------------------------------------------------
 def load_config(path=None, overrides: dict | None = None) -> dict:
-    cfg = json.loads(json.dumps(DEFAULTS))
-    user = json.loads(Path(path).read_text()) if path else {}
-    for source in (user, overrides or {}):
-        for k, v in source.items():
-            if isinstance(v, dict) and isinstance(cfg.get(k), dict) and k not in ("classes", "model"):
-                cfg[k].update(v)
-            else:
-                cfg[k] = v
+    """DEFAULTS ← the file ← overrides (bloodcv.training.config); "classes" and "model" are replaced whole."""
+    cfg = load_any_config(path, DEFAULTS, overrides, replaced=("classes", "model"))
     if not cfg["classes"]:
         raise ValueError("the config needs 'classes': a list of folders or {label: [folders]}")
     return cfg
@@ -164,7 +161,7 @@ def samples_of(cfg: dict, labels: list[str], folders: dict[str, int]) -> tuple[l
     """The samples of every source and their split; the training sources' detector boxes join their train
     split; sources in cfg["exclude_sources"] keep only their test split (leave-one-source-out)."""
     if not cfg.get("sources"):
-        samples = list_samples(cfg["data_root"], folders)
+        samples = list_samples(resolve_path(cfg["dataset_root"], cfg), folders)
         return samples, stratified_split(samples, cfg["split"], cfg["seed"])
     samples = []
     for source in cfg["sources"]:
@@ -173,9 +170,9 @@ def samples_of(cfg: dict, labels: list[str], folders: dict[str, int]) -> tuple[l
             raise ValueError(f"source {source.get('name')!r}: unknown keys {sorted(unknown)}")
         if source["kind"] == "folders":
             mapping = {folder: labels.index(label) for label, fs in source["classes"].items() for folder in fs}
-            samples += folder_samples(source["root"], mapping, source["name"])
+            samples += folder_samples(resolve_path(source["root"], cfg), mapping, source["name"])
         elif source["kind"] == "bccd":
-            samples += bccd_samples(source["root"], source["types"], labels, source["name"])
+            samples += bccd_samples(resolve_path(source["root"], cfg), source["types"], labels, source["name"])
         else:
             raise ValueError(f"source {source['name']!r}: kind must be folders or bccd, got {source['kind']!r}")
     split = split_samples(samples, cfg["split"], cfg["seed"])
@@ -187,7 +184,8 @@ def samples_of(cfg: dict, labels: list[str], folders: dict[str, int]) -> tuple[l
         split[name] = [i for i in split.get(name, []) if samples[i].source not in excluded]
     for source in cfg["sources"]:
         if source.get("detector") and source["name"] not in excluded:
-            extra = detector_samples(samples, [i for i in split["train"] if samples[i].source == source["name"]], source["detector"])
+            extra = detector_samples(samples, [i for i in split["train"] if samples[i].source == source["name"]],
+                                     resolve_path(source["detector"], cfg))
             split["train"] += list(range(len(samples), len(samples) + len(extra)))
             samples += extra
     return samples, split
@@ -306,7 +304,7 @@ def build_cache(root, files: list[str], cfg: dict, cache_dir=None, progress: boo
     if path is not None and path.exists():
         return torch.load(path)
     decoded, cell_boxes, found = [], torch.empty(len(files), 4), torch.empty(len(files), dtype=torch.bool)
-    for i, f in enumerate(_progress(files, "cache", progress)):
+    for i, f in enumerate(progress_bar(files, "cache", progress)):
         bgr = cv2.imread(str(root / f), cv2.IMREAD_COLOR)
         if bgr is None:
             raise IOError(f"cannot read {root / f}")
@@ -498,17 +496,6 @@ def _blur(x, a, g):
 
 
 # --- training -------------------------------------------------------------------------------------------
-def _progress(it, desc, enabled=True, total=None):
-    if not enabled:
-        return it
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return it
-    tty = sys.stderr.isatty()
-    return tqdm(it, desc=desc, total=total, mininterval=0.5 if tty else 30, dynamic_ncols=tty, leave=tty)
-
-
 def _param_groups(model, weight_decay):
     decay, no_decay = [], []
     for name, p in model.named_parameters():
@@ -539,29 +526,6 @@ def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(seed) * 1_000_003 + epoch)
 
 
-def _seed_all(seed: int):
-    random.seed(seed)
-    np.random.seed(seed % 2 ** 32)
-    torch.manual_seed(seed)
-
-
-def _rng_state():
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-
-
-def _set_rng_state(s):
-    torch.set_rng_state(s["torch"])
-    np.random.set_state(s["numpy"])
-    random.setstate(s["python"])
-
-
-def save_checkpoint(path, **state):
-    path = Path(path)
-    tmp = path.with_name(path.name + ".partial")
-    torch.save(state, tmp)
-    tmp.replace(path)
-
-
 @torch.no_grad()
 def predict(model, images, centre, half, cfg, batch_size=64) -> torch.Tensor:
     """Logits of the cached images framed as the runtime frames them (no augmentation)."""
@@ -569,23 +533,6 @@ def predict(model, images, centre, half, cfg, batch_size=64) -> torch.Tensor:
     out = [model(make_batch(images[i:i + batch_size], centre[i:i + batch_size], half[i:i + batch_size], cfg))
            for i in range(0, len(images), batch_size)]
     return torch.cat(out) if out else torch.empty(0, 0)
-
-
-def classification_metrics(pred, target, labels) -> dict:
-    k = len(labels)
-    cm = torch.zeros(k, k, dtype=torch.long)
-    for t, p in zip(target.tolist(), pred.tolist()):
-        cm[t, p] += 1
-    recall = {lab: (cm[i, i] / cm[i].sum()).item() if cm[i].sum() else None for i, lab in enumerate(labels)}
-    precision = {lab: (cm[i, i] / cm[:, i].sum()).item() if cm[:, i].sum() else None for i, lab in enumerate(labels)}
-    f1 = {lab: (2 * recall[lab] * precision[lab] / (recall[lab] + precision[lab]))
-          if recall[lab] is not None and precision[lab] and recall[lab] + precision[lab] > 0 else 0.0 for lab in labels}
-    n = int(cm.sum())
-    return {"n": n, "accuracy": (cm.diag().sum() / max(n, 1)).item(),
-            "balanced_accuracy": float(np.mean([v for v in recall.values() if v is not None])),
-            "macro_f1": float(np.mean(list(f1.values()))),
-            "recall": recall, "precision": precision, "f1": f1,
-            "confusion_matrix": {"rows_true_cols_pred": labels, "matrix": cm.tolist()}}
 
 
 def epoch_order(train_idx: torch.Tensor, groups, cfg: dict, g: torch.Generator) -> torch.Tensor:
@@ -618,7 +565,7 @@ def train(cfg: dict, out_dir, data: dict, resume: bool = False, max_epochs: int 
     if max_steps_per_epoch:
         steps = min(steps, max_steps_per_epoch)
 
-    _seed_all(cfg["seed"])
+    seed_everything(cfg["seed"])
     model = build_classifier(cfg["model"], num_classes, cfg["input_size"])
     if cfg["metric_loss"] and not hasattr(model, "logits_and_embedding"):
         raise ValueError(f"metric_loss needs a model with an embedding (resnet_ibn, overlap_vit), not {cfg['model']['name']!r}")
@@ -631,11 +578,11 @@ def train(cfg: dict, out_dir, data: dict, resume: bool = False, max_epochs: int 
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
-        _set_rng_state(ck["rng"])
+        set_rng_state(ck["rng"])
         history, start_epoch, elapsed = ck["history"], ck["epoch"] + 1, ck.get("elapsed_s", 0.0)
         log(f"resumed from {ckpt_path} after epoch {ck['epoch'] + 1}/{cfg['epochs']}")
     weights = None
-    if cfg.get("class_weights") == "balanced":
+    if cfg["class_weights"] == "balanced":
         counts = torch.bincount(labels_t[train_idx], minlength=num_classes).float()
         weights = counts.sum() / (num_classes * counts.clamp(min=1))
     end_epoch = cfg["epochs"] if max_epochs is None else min(cfg["epochs"], max_epochs)
@@ -645,7 +592,7 @@ def train(cfg: dict, out_dir, data: dict, resume: bool = False, max_epochs: int 
         order = train_idx[epoch_order(train_idx, data.get("groups"), cfg, g)]
         model.train()
         losses, metric_losses, correct, seen = [], [], 0, 0
-        bar = _progress(range(steps), f"epoch {epoch + 1}/{cfg['epochs']}", progress, total=steps)
+        bar = progress_bar(range(steps), f"epoch {epoch + 1}/{cfg['epochs']}", progress, total=steps)
         for step in bar:
             idx = order[step * bs:(step + 1) * bs]
             x = make_batch(data["images"][idx], data["centre"][idx], data["half"][idx], cfg, g, augment=True)
@@ -678,8 +625,8 @@ def train(cfg: dict, out_dir, data: dict, resume: bool = False, max_epochs: int 
         elapsed += time.time() - t0
         record["elapsed_s"] = elapsed
         history.append(record)
-        save_checkpoint(ckpt_path, model=model.state_dict(), optimizer=opt.state_dict(), scheduler=sched.state_dict(),
-                        epoch=epoch, rng=_rng_state(), history=history, elapsed_s=elapsed, config=cfg)
+        save_checkpoint(ckpt_path, {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                                    "epoch": epoch, "rng": rng_state(), "history": history, "elapsed_s": elapsed, "config": cfg})
         log(f"epoch {epoch + 1}/{cfg['epochs']}: loss {record['train_loss']:.4f} train acc {record['train_acc']:.4f}"
             + (f" val loss {record['val_loss']:.4f} val acc {record['val_acc']:.4f}" if "val_acc" in record else "")
             + f" lr {record['lr']:.2e} ({time.time() - t0:.0f} s, {elapsed / 60:.1f} min in all)")
@@ -696,7 +643,7 @@ def runtime_logits(model, root, files, boxes, cfg, padding=None, batch_size=128,
     model.eval()
     pad = cfg["crop_padding"] if padding is None else padding
     out, batch = [], []
-    for i, f in enumerate(_progress(files, f"test (padding {pad})", progress)):
+    for i, f in enumerate(progress_bar(files, f"test (padding {pad})", progress)):
         bgr = cv2.imread(str(Path(root) / f), cv2.IMREAD_COLOR)
         batch.append(runtime_input(crop_like_runtime(bgr, boxes[i], pad, cfg["input"]["pad_value"]), cfg["input_size"], cfg["input"]))
         if len(batch) == batch_size or i == len(files) - 1:
@@ -709,7 +656,7 @@ def evaluate_runtime_path(model, root, files, boxes, targets, labels, cfg, paddi
                           progress=True) -> dict:
     """Metrics of the model on the original image files, cropped as the C++ runtime crops (runtime_logits)."""
     logits = runtime_logits(model, root, files, boxes, cfg, padding, batch_size, progress)
-    return classification_metrics(logits.argmax(1), torch.as_tensor(targets), labels)
+    return classification_metrics(logits.argmax(1).tolist(), torch.as_tensor(targets).tolist(), labels)
 
 
 # --- calibration ----------------------------------------------------------------------------------------
@@ -769,7 +716,7 @@ def stain_targets(images: torch.Tensor, boxes: torch.Tensor, indices, cfg: dict,
 
 
 def export(model, cfg, labels, path, training: dict, extra: dict | None = None) -> Path:
-    from .export import export_model
+    from ..export import export_model
     s = cfg["input_size"]
     meta = {"format": "bloodcv-model", "version": 1, "task": "classification", "name": cfg["name"],
             "labels": labels, "input_size": [s, s], "input": dict(cfg["input"], resize="stretch"),
@@ -786,38 +733,25 @@ def _metrics_summary(m: dict) -> dict:
 
 
 def run(args) -> int:
-    overrides = {}
-    if args.epochs is not None:
-        overrides["epochs"] = args.epochs
-    if args.data_root:
-        overrides["data_root"] = args.data_root
+    overrides = common_overrides(args)
     if args.exclude_source:
         overrides["exclude_sources"] = args.exclude_source
     cfg = load_config(args.config, overrides)
-    out_dir = Path(args.out or cfg["out"])
-    export_path = Path(args.export_path or cfg["export"])
-    torch.set_num_threads(int(cfg["num_threads"]))
-    try:
-        import cv2
-        cv2.setNumThreads(int(cfg["num_threads"]))
-    except ImportError:
-        pass
+    out_dir = Path(args.out) if args.out else resolve_path(cfg["out"], cfg)
+    export_path = Path(args.export_path) if args.export_path else resolve_path(cfg["export"]["path"], cfg)
+    torch.set_num_threads(int(cfg["threads"]))
+    import cv2
+    cv2.setNumThreads(int(cfg["threads"]))
     torch.use_deterministic_algorithms(True, warn_only=True)
     labels, folders = label_groups(cfg)
     cfg["num_classes"] = len(labels)
     out_dir.mkdir(parents=True, exist_ok=True)
-    log_file = open(out_dir / "train.log", "a")
-
-    def log(msg):
-        line = f"[{time.strftime('%Y-%m-%d %H:%M:%S')}] {msg}"
-        print(line, flush=True)
-        log_file.write(line + "\n")
-        log_file.flush()
+    log = Log(out_dir / "train.log")
 
     command = "python -m bloodcv.train classifier " + " ".join(shlex.quote(a) for a in args.argv)
     log(f"command: {command}")
     multi_source = bool(cfg.get("sources"))
-    root = Path("." if multi_source else cfg["data_root"])  # several sources: files are full paths
+    root = Path("." if multi_source else resolve_path(cfg["dataset_root"], cfg))  # several sources: files are full paths
     samples, split = samples_of(cfg, labels, folders)
     write_split(out_dir / "split.csv", samples, split, labels)
     summary = split_summary(samples, split, labels)
@@ -831,7 +765,7 @@ def run(args) -> int:
 
     t0 = time.time()
     files = [s.file for s in samples]
-    cache = build_cache(root, files, cfg, cfg["cache_dir"], progress=not args.quiet, boxes=[s.box for s in samples])
+    cache = build_cache(root, files, cfg, resolve_path(cfg["cache_dir"], cfg), progress=not args.no_progress, boxes=[s.box for s in samples])
     found = cache["found"]
     log(f"cache ready ({time.time() - t0:.0f} s): {tuple(cache['images'].shape)} uint8, "
         f"cell box found in {int(found.sum())}/{len(found)} (the rest: centred fallback box)")
@@ -852,8 +786,8 @@ def run(args) -> int:
         if len(history) < cfg["epochs"]:
             log(f"warning: the checkpoint holds {len(history)} of {cfg['epochs']} epochs")
     else:
-        result = train(cfg, out_dir, data, resume=args.resume, max_steps_per_epoch=args.max_steps,
-                       progress=not args.quiet, log=log)
+        result = train(cfg, out_dir, data, resume=args.resume, max_steps_per_epoch=cfg["max_steps_per_epoch"],
+                       progress=not args.no_progress, log=log)
         model, history = result["model"], result["history"]
 
     test_idx = split.get("test", [])
@@ -879,11 +813,11 @@ def run(args) -> int:
             f"{metrics['calibration']['val_ece_after']:.4f}")
     if test_idx:
         t1 = time.time()
-        logits = runtime_logits(model, root, test_files, test_boxes, cfg, progress=not args.quiet)
-        test = classification_metrics(logits.argmax(1), targets[test_idx], labels)
+        logits = runtime_logits(model, root, test_files, test_boxes, cfg, progress=not args.no_progress)
+        test = classification_metrics(logits.argmax(1).tolist(), targets[test_idx].tolist(), labels)
         metrics["test"] = test
         metrics["test_crop_padding_sweep"] = {}
-        for p in cfg.get("eval_paddings", [0.1, 0.35]):
+        for p in cfg["eval_paddings"]:
             m = evaluate_runtime_path(model, root, test_files, test_boxes, targets[test_idx], labels, cfg, padding=p,
                                       progress=False)
             metrics["test_crop_padding_sweep"][str(p)] = {"accuracy": m["accuracy"], "balanced_accuracy": m["balanced_accuracy"]}
@@ -901,7 +835,7 @@ def run(args) -> int:
             log(f"test at crop_padding {p}: accuracy {m['accuracy']:.4f}")
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
 
-    training = {"data": {"dataset": cfg["data_name"], "root": cfg["data_root"],
+    training = {"data": {"dataset": cfg["data_name"], "root": cfg["dataset_root"],
                          "classes": cfg["classes"], "citation": cfg["data_citation"], "licence": cfg["data_licence"]}
                 if not multi_source else {"sources": cfg["sources"], "excluded": cfg["exclude_sources"]},
                 "split": {"seed": cfg["seed"], "fractions": cfg["split"],
@@ -909,7 +843,7 @@ def run(args) -> int:
                           "method": "stratified by class folder, each shuffled with numpy default_rng((seed, crc32(folder)))"
                                     + ("; BCCD's own test ids are the BCCD test split" if multi_source else "")},
                 "command": command, "config": str(args.config), "model": cfg["model"], "epochs": len(history),
-                "recipe": "bloodcv.train_classifier: crops around an estimated cell box framed like the runtime, "
+                "recipe": "bloodcv.training.classifier: crops around an estimated cell box framed like the runtime, "
                           "AdamW/cosine, label smoothing, flips/rot90/colour/blur/noise/crop jitter"
                           + (", stain/white-balance/gamma/grayscale/resolution/JPEG jitter" if cfg["augment"]["stain_scale"] > 0 else ""),
                 "metrics": _metrics_summary(metrics["test"]) if "test" in metrics else None}
@@ -936,7 +870,7 @@ def source_metrics(samples, test_idx, logits, targets, labels, temperature, out_
     sources = [samples[i].source for i in test_idx]
     for name in sorted(set(sources)):
         rows = torch.tensor([k for k, src in enumerate(sources) if src == name])
-        m = classification_metrics(logits[rows].argmax(1), targets[rows], labels)
+        m = classification_metrics(logits[rows].argmax(1).tolist(), targets[rows].tolist(), labels)
         present = [t for t in cfg.get("common_types", []) if m["recall"].get(t) is not None]
         m["balanced_accuracy_common"] = float(np.mean([m["recall"][t] for t in present])) if present else None
         m["ece_before"] = expected_calibration_error(logits[rows], targets[rows])
@@ -951,14 +885,6 @@ def source_metrics(samples, test_idx, logits, targets, labels, temperature, out_
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", required=True, help="JSON config (configs/classifier_pbc.json)")
-    p.add_argument("--out", help="run directory (checkpoints, split.csv, metrics.json, train.log); default: the config's")
-    p.add_argument("--resume", action="store_true", help="continue from the run directory's last.pt")
-    p.add_argument("--export-only", action="store_true", help="evaluate and export the run directory's last.pt")
-    p.add_argument("--export-path", help="model file to write; default: the config's 'export'")
-    p.add_argument("--data-root", help="dataset root (class folders); default: the config's")
-    p.add_argument("--epochs", type=int, help="override the config's epochs")
+    add_common_arguments(p, None, "run directory (checkpoints, split.csv, metrics.json, train.log); default: the config's out")
     p.add_argument("--exclude-source", action="append", default=None, metavar="NAME",
                    help="train without this source (it is still tested): leave-one-source-out; may be repeated")
-    p.add_argument("--max-steps", type=int, help="at most this many steps per epoch (smoke runs)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")

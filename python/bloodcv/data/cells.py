@@ -1,9 +1,9 @@
-"""Where single-cell training samples come from, for the classifier recipe (bloodcv.train_classifier).
+"""Where single-cell training samples come from, for the classifier recipe (bloodcv.training.classifier).
 
 Two kinds of source:
 
 - "folders": one folder per class of images that each show one cell, centred (PBC, the bone-marrow set).
-  The cell's box is estimated from the stain (train_classifier.estimate_cell_box).
+  The cell's box is estimated from the stain (bloodcv.training.classifier.estimate_cell_box).
 - "bccd": whole smear fields with boxes and types: BCCD's VOC WBC boxes (read by bloodcv.eval.read_voc)
   joined with wbc_labels.csv, for the fields with one listed type and one WBC box. BCCD's own
   ImageSets/Main/test.txt fields are the test split and never train. With "detector", the detector's own
@@ -27,7 +27,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+from .readers import IMAGE_SUFFIXES
 
 
 class CellSample(NamedTuple):
@@ -58,7 +58,7 @@ def folder_samples(root, folders: dict[str, int], source: str = "") -> list[Cell
 
 def bccd_samples(root, types: dict[str, str], labels: list[str], source: str = "bccd") -> list[CellSample]:
     """BCCD fields with one listed white-cell type (mapped by `types` to a label) and one WBC box."""
-    from . import eval as bev
+    from .. import eval as bev
 
     root = Path(root)
     voc = root / "BCCD"

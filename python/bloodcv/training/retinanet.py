@@ -4,7 +4,7 @@
                                       [--no-pan] [--no-iou] [--out runs/retinanet] [--resume] [--export-only]
 
 Same data, splits (deduplicated against BCCD's test split), augmentation, schedule, EMA, checkpoints and
-evaluation as the detector recipe (bloodcv.train_detector); the model is bloodcv.models.RetinaNetPan and
+evaluation as the detector recipe (bloodcv.training.detector); the model is bloodcv.models.RetinaNetPan and
 the loss is RetinaNet's: sigmoid focal loss over all non-ignored anchors, GIoU loss on the positives'
 decoded boxes, and BCE of the IoU branch against the true IoU of each positive's decoded box. The
 anchors that learn each cell come from bloodcv.assign (max_iou, atss, paa or ota), on the current
@@ -15,29 +15,31 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict
 
 import torch
 import torchvision
 
-from . import data as D
-from .assign import IGNORE, make_assigner
-from .export import export_model
-from .models import count_parameters
-from .models.retinanet import DEFAULT_ANCHORS, RetinaNetPan, anchor_metadata, decode_deltas, generate_anchors
-from .train_detector import DetectorTrainer, load_config, resolve_path
+from ..assign import IGNORE, make_assigner
+from ..data.readers import LABELS
+from ..models import count_parameters
+from ..models.retinanet import DEFAULT_ANCHORS, RetinaNetPan, anchor_metadata, decode_deltas, generate_anchors
+from .config import add_common_arguments, common_overrides, load_config, resolve_path
+from .detector import DEFAULT_CONFIG, DetectorTrainer
 
 HELP = "train the RetinaNet-PAN-IoU detector with a chosen label assigner (and its ablation)"
 
-RETINANET_DEFAULTS = {
+# The detector recipe's defaults with the RetinaNet's over them.
+RETINANET_DEFAULTS = {**DEFAULT_CONFIG, **{
+    "out": None,  # None: runs/retinanet_<assigner>[_nopan][_noiou]
     "name": "retinanet-pan-iou", "input_size": 320, "depth": 18, "width": 32, "channels": 96, "head_convs": 2, "pan": True,
     "iou_branch": True, "anchors": DEFAULT_ANCHORS, "assigner": "ota", "assigner_options": {},
     "loss": {"focal_alpha": 0.25, "focal_gamma": 2.0, "box": 2.0, "iou": 1.0},
-    "eval": {"conf_threshold": 0.05, "iou_threshold": 0.5, "max_det": 300, "batch_size": 16},
+    "eval": {"score_threshold": 0.05},
     # score_threshold: the counting operating point of the shipped file (bloodcv eval takes 0.05 for AP)
     "export": {"path": "models/retinanet_pan_iou.pt", "score_threshold": 0.3, "nms_iou_threshold": 0.5,
                "tile_size": [640, 640]},
-}
+}}
 
 
 class RetinaTrainer(DetectorTrainer):
@@ -47,7 +49,7 @@ class RetinaTrainer(DetectorTrainer):
         self.anchors, self.per_level = generate_anchors((c["input_size"], c["input_size"]), a["strides"], a["sizes"],
                                                         a["aspect_ratios"], a["scales"], a["center_offset"])
         self.assigner = make_assigner(c["assigner"], **c["assigner_options"])
-        return RetinaNetPan(len(D.LABELS), c["depth"], c["channels"], c["head_convs"],
+        return RetinaNetPan(len(LABELS), c["depth"], c["channels"], c["head_convs"],
                             len(a["aspect_ratios"]) * len(a["scales"]), c["pan"], c["iou_branch"], c["width"])
 
     def build_loss(self):
@@ -95,29 +97,11 @@ class RetinaTrainer(DetectorTrainer):
         n = max(positives, 1)
         return loss / n * cls.shape[0], totals / n  # the trainer divides by the batch for its log
 
-    def predict(self, model, images) -> List[torch.Tensor]:
-        """Per image [n, 6] (x1, y1, x2, y2, score, class) in input pixels, decoded as the C++ AnchorDecoder does."""
-        e = self.cfg["eval"]
-        out = model(images)
-        results = []
-        for b in range(images.shape[0]):
-            scores = out[0][b].sigmoid()
-            boxes = decode_deltas(self.anchors, out[1][b])
-            s, c = scores.max(1)
-            rank = s * out[2][b].sigmoid() if len(out) > 2 else s
-            if len(out) > 2:
-                rank = rank.sqrt()  # score^(1/2) · iou^(1/2)
-            keep = s > e["conf_threshold"]
-            b_, r_, c_ = boxes[keep], rank[keep], c[keep]
-            k = torchvision.ops.batched_nms(b_, r_, c_, e["iou_threshold"])[:e["max_det"]]
-            results.append(torch.cat([b_[k], r_[k, None], c_[k, None].float()], 1).detach())
-        return results
-
-    def export(self, path=None) -> Path:
+    def exported(self):
         c = self.cfg
         S = c["input_size"]
         model = self.ema.ema.float().eval()
-        meta = anchor_metadata(D.LABELS, [S, S], c["anchors"], c["iou_branch"], c["export"]["score_threshold"],
+        meta = anchor_metadata(LABELS, [S, S], c["anchors"], c["iou_branch"], c["export"]["score_threshold"],
                                c["export"]["nms_iou_threshold"])
         meta["name"] = c["name"]
         if c["export"].get("tile_size"):
@@ -127,40 +111,31 @@ class RetinaTrainer(DetectorTrainer):
                                       + ("" if c["iou_branch"] else " --no-iou"),
                             "epochs": self.epoch, "seed": c["seed"], "train_seconds": round(self.train_seconds, 1),
                             "licences": "TXL-PBC (MIT), BCCD (MIT)"}
-        path = Path(path) if path else resolve_path(c["export"]["path"], c)
-        example = torch.rand(1, 3, S, S, generator=torch.Generator().manual_seed(0))
-        export_model(model, path, meta, example, method="trace", atol=1e-4)
-        self.log(f"exported {path} ({path.stat().st_size / 1e6:.2f} MB)")
-        return path
+        return model, meta
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", default="configs/retinanet_pan_iou.json", help="JSON config (default: %(default)s)")
+    add_common_arguments(p, "configs/retinanet_pan_iou.json", "checkpoints and logs (default: the config's out, else "
+                                                              "runs/retinanet_<assigner>[_nopan][_noiou])")
     p.add_argument("--assigner", choices=["max_iou", "atss", "paa", "ota"], help="override the config's assigner")
     p.add_argument("--no-pan", action="store_true", help="ablation: FPN only, no channel-attention PAN")
     p.add_argument("--no-iou", action="store_true", help="ablation: no IoU-prediction branch")
-    p.add_argument("--out", default=None, help="checkpoints and logs (default: runs/retinanet_<assigner>[...])")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
-    p.add_argument("--export-only", action="store_true", help="load OUT/last.pt, evaluate and export")
-    p.add_argument("--export-path", default=None, help="where to export (default: the config's export.path)")
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--max-steps-per-epoch", type=int, default=None, help="smoke runs: cap the steps of an epoch")
-    p.add_argument("--max-train-images", type=int, default=None)
-    p.add_argument("--max-eval-images", type=int, default=None)
-    p.add_argument("--dataset-root", default=None)
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--max-train-images", type=int, default=None, help="smoke runs: use the first N training images")
+    p.add_argument("--max-eval-images", type=int, default=None, help="smoke runs: evaluate on the first N images")
 
 
 def run(args) -> int:
-    over: Dict = {k: getattr(args, k) for k in ("epochs", "max_steps_per_epoch", "max_train_images", "max_eval_images",
-                                                "dataset_root", "assigner") if getattr(args, k) is not None}
+    over: Dict = {**common_overrides(args), **{k: getattr(args, k) for k in ("max_train_images", "max_eval_images", "assigner")
+                                               if getattr(args, k) is not None}}
     if args.no_pan:
         over["pan"] = False
     if args.no_iou:
         over["iou_branch"] = False
-    cfg = load_config(args.config, over)
-    for key, value in RETINANET_DEFAULTS.items():  # what the config file leaves out
-        cfg.setdefault(key, value)
-    cfg["_config_path"] = args.config
-    out = args.out or f"runs/retinanet_{cfg['assigner']}" + ("" if cfg["pan"] else "_nopan") + ("" if cfg["iou_branch"] else "_noiou")
+    cfg = load_config(args.config, RETINANET_DEFAULTS, over)
+    if args.out:
+        out = Path(args.out)
+    elif cfg["out"]:
+        out = resolve_path(cfg["out"], cfg)
+    else:
+        out = Path(f"runs/retinanet_{cfg['assigner']}" + ("" if cfg["pan"] else "_nopan") + ("" if cfg["iou_branch"] else "_noiou"))
     return RetinaTrainer(cfg, out).run(args.export_only, args.resume, not args.no_progress, True, args.export_path)

@@ -1,4 +1,4 @@
-"""Training recipes for bloodcv's default models.
+"""The default cell detector's recipe (YOLOv5-style), and the trainer the detector recipes share.
 
     python -m bloodcv.train detector --config configs/detector_yolo.json [--out runs/detector] [--resume]
     python -m bloodcv.train detector --config configs/detector_yolo.json --export-only
@@ -6,10 +6,12 @@
 
 The detector recipe trains bloodcv.models.YoloDetector (YOLOv5-style) from scratch on TXL-PBC train,
 validates on TXL-PBC val and tests on BCCD's own test split, with every TXL-PBC near-duplicate of a
-BCCD test image left out (bloodcv.data.make_detection_splits). One thread (torch.set_num_threads(1)),
+BCCD test image left out (bloodcv.data.splits.make_detection_splits). One thread (torch.set_num_threads(1)),
 deterministic for a seed; a checkpoint after every epoch (model, optimizer, EMA, epoch, RNG states) that
 --resume continues from exactly (batches depend only on the seed, the epoch and the image index). At the
 end the EMA weights are exported as a bloodcv model file (docs/model_format.md, decoder "yolov5").
+Validation and test score the exported model file through the library, as `bloodcv eval --detector`
+does (bloodcv.training.evaluation): the AP the recipe logs is the AP `bloodcv eval` reports.
 """
 from __future__ import annotations
 
@@ -17,21 +19,24 @@ import argparse
 import copy
 import json
 import math
-import os
-import random
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
-import torchvision
 
-from . import data as D
-from .export import export_model
-from .models import YoloDetector, count_parameters
-from .models.loss import YoloLoss
+from ..data.detection import PAD_VALUE, DetectionDataset, collate, epoch_order
+from ..data.readers import LABELS, Sample
+from ..data.splits import make_detection_splits
+from ..export import export_model
+from ..models import YoloDetector, count_parameters
+from ..models.loss import YoloLoss
+from .common import Log, rng_state, save_checkpoint, seed_everything, set_rng_state
+from .config import add_common_arguments, common_overrides, load_config, resolve_path
+from .evaluation import evaluate_detector
 
 
 DEFAULT_CONFIG = {
@@ -39,6 +44,7 @@ DEFAULT_CONFIG = {
     "seed": 0,
     "threads": 1,
     "dataset_root": "../shared/datasets",
+    "out": "runs/detector",
     "input_size": 320,
     "width": 0.25,
     "depth": 0.33,
@@ -56,10 +62,10 @@ DEFAULT_CONFIG = {
     "ema_decay": 0.9999,
     "ema_tau": 500,
     "loss": {},                   # overrides of bloodcv.models.loss.DEFAULT_LOSS
-    "augment": {},                # overrides of bloodcv.data.DEFAULT_AUGMENT
+    "augment": {},                # overrides of bloodcv.data.detection.DEFAULT_AUGMENT
     "close_mosaic_epochs": 3,     # no mosaic in the last epochs
     "val_interval": 5,
-    "eval": {"conf_threshold": 0.001, "iou_threshold": 0.6, "max_det": 300, "batch_size": 16},
+    "eval": {"score_threshold": 0.001},  # of the exported file, for AP (its decoder's NMS, as bloodcv eval)
     "dedup": {"thumb_threshold": 0.05, "min_inliers": 15},
     "cache_dir": "runs/cache",    # the near-duplicate scores (minutes to compute), keyed by files and settings
     "max_train_images": None,     # smoke runs: use only the first N training images
@@ -68,49 +74,6 @@ DEFAULT_CONFIG = {
     "export": {"path": "models/cell_detector.pt", "score_threshold": 0.25, "nms_iou_threshold": 0.45,
                "multi_label": False},
 }
-
-
-# --------------------------------------------------------------------------------------- config
-def load_config(path: Optional[str], overrides: Optional[Dict] = None) -> Dict:
-    cfg = copy.deepcopy(DEFAULT_CONFIG)
-    cfg["base_dir"] = str(Path(path).resolve().parent.parent) if path else os.getcwd()
-    if path:
-        user = json.loads(Path(path).read_text())
-        for k, v in user.items():
-            if k.startswith("_"):
-                continue
-            if isinstance(v, dict) and isinstance(cfg.get(k), dict):
-                cfg[k] = {**cfg[k], **v}
-            else:
-                cfg[k] = v
-    for k, v in (overrides or {}).items():
-        cfg[k] = v
-    if cfg["input_size"] % 32:
-        raise ValueError(f"input_size must be a multiple of 32, got {cfg['input_size']}")
-    return cfg
-
-
-def resolve_path(p, cfg: Dict) -> Path:
-    """Relative paths in a config are relative to the parent of the config's folder: the repository
-    root for configs/*.json (the current directory without a config file)."""
-    p = Path(p)
-    return p if p.is_absolute() else (Path(cfg["base_dir"]) / p).resolve()
-
-
-def seed_everything(seed: int):
-    random.seed(seed)
-    np.random.seed(seed % 2 ** 32)
-    torch.manual_seed(seed)
-
-
-def rng_states() -> Dict:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-
-
-def set_rng_states(s: Dict):
-    random.setstate(s["python"])
-    np.random.set_state(s["numpy"])
-    torch.set_rng_state(s["torch"])
 
 
 # ------------------------------------------------------------------------------------------ EMA
@@ -189,128 +152,8 @@ def set_learning_rate(opt, cfg: Dict, step: int, steps_per_epoch: int):
                 g["momentum"] = cfg["momentum"]
 
 
-# ------------------------------------------------------------------------------- post-processing
-def postprocess(pred: torch.Tensor, conf_threshold: float = 0.25, iou_threshold: float = 0.45,
-                max_det: int = 300, max_nms: int = 30000) -> List[torch.Tensor]:
-    """Decoded [B, N, 5 + C] -> per image [n, 6] (x1, y1, x2, y2, score, class), best class per box,
-    score = objectness x class score, class-wise NMS (torchvision.ops.batched_nms)."""
-    out = []
-    for x in pred:
-        scores, labels = (x[:, 5:] * x[:, 4:5]).max(1)
-        keep = scores > conf_threshold
-        x, scores, labels = x[keep], scores[keep], labels[keep]
-        if scores.numel() > max_nms:
-            top = scores.topk(max_nms).indices
-            x, scores, labels = x[top], scores[top], labels[top]
-        boxes = torchvision.ops.box_convert(x[:, :4], "cxcywh", "xyxy")
-        k = torchvision.ops.batched_nms(boxes, scores, labels, iou_threshold)[:max_det]
-        out.append(torch.cat((boxes[k], scores[k, None], labels[k, None].float()), 1))
-    return out
-
-
-# --------------------------------------------------------------------------------------- metrics
-def box_iou_np(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    if not len(a) or not len(b):
-        return np.zeros((len(a), len(b)))
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(rb - lt, 0, None), 2)
-    area = lambda x: (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])  # noqa: E731
-    return inter / (area(a)[:, None] + area(b)[None] - inter + 1e-12)
-
-
-def average_precision(detections: Sequence, ground_truth: Sequence, num_classes: int,
-                      iou_threshold: float = 0.5) -> Dict:
-    """COCO-style AP at one IoU threshold, per class.
-
-    detections: per image (boxes [n, 4] xyxy, scores [n], labels [n]); ground_truth: per image (boxes
-    [m, 4], labels [m]). Within an image, detections of a class, by decreasing score, each take the
-    unmatched ground-truth box of that class with the highest IoU >= iou_threshold (true positive) or
-    none (false positive). Over all images, precision is made monotone (its running maximum from high
-    recall down) and averaged at the 101 recall points 0, 0.01, ..., 1 (0 beyond the highest recall).
-    Classes without ground truth get None. Also returns precision and recall at every class's final
-    point and the number of ground-truth boxes."""
-    ap, info = [], []
-    for c in range(num_classes):
-        scores, tps, npos = [], [], 0
-        for (db, ds, dl), (gb, gl) in zip(detections, ground_truth):
-            db, ds, dl = np.asarray(db).reshape(-1, 4), np.asarray(ds).reshape(-1), np.asarray(dl).reshape(-1)
-            gb, gl = np.asarray(gb).reshape(-1, 4), np.asarray(gl).reshape(-1)
-            g = gb[gl == c]
-            npos += len(g)
-            m = dl == c
-            b, s = db[m], ds[m]
-            order = np.argsort(-s, kind="mergesort")
-            b, s = b[order], s[order]
-            iou = box_iou_np(b, g)
-            taken = np.zeros(len(g), bool)
-            for i in range(len(b)):
-                cand = np.where(~taken & (iou[i] >= iou_threshold), iou[i], -1.0)
-                j = int(np.argmax(cand)) if len(g) else -1
-                hit = j >= 0 and cand[j] >= 0
-                if hit:
-                    taken[j] = True
-                tps.append(hit)
-                scores.append(s[i])
-        if npos == 0:
-            ap.append(None)
-            info.append({"gt": 0, "detections": len(scores)})
-            continue
-        order = np.argsort(-np.asarray(scores), kind="mergesort")
-        tp = np.asarray(tps, dtype=np.float64)[order]
-        ctp, cfp = np.cumsum(tp), np.cumsum(1 - tp)
-        recall = ctp / npos
-        precision = ctp / np.maximum(ctp + cfp, np.finfo(np.float64).eps)
-        env = np.maximum.accumulate(precision[::-1])[::-1] if len(precision) else precision
-        rs = np.linspace(0, 1, 101)
-        idx = np.searchsorted(recall, rs, side="left")
-        q = np.array([env[i] if i < len(env) else 0.0 for i in idx])
-        ap.append(float(q.mean()))
-        info.append({"gt": int(npos), "detections": len(scores),
-                     "max_recall": float(recall[-1]) if len(recall) else 0.0})
-    return {"ap": ap, "info": info}
-
-
-# ------------------------------------------------------------------------------------- evaluation
-@torch.no_grad()
-def evaluate(model: torch.nn.Module, samples: Sequence[D.Sample], input_size: int, cfg_eval: Dict,
-             labels: Sequence[str] = D.LABELS, dataset: Optional[D.DetectionDataset] = None,
-             score_threshold_report: float = 0.25, predict=None) -> Dict:
-    """AP50 per class and their mean on samples, boxes compared in original image pixels."""
-    was_training = model.training
-    model.eval()
-    ds = dataset or D.DetectionDataset(samples, input_size, augment=None)
-    dets, gts = [], []
-    counts = np.zeros((2, len(labels)), np.int64)  # detections above score_threshold_report, truth
-    bs = cfg_eval.get("batch_size", 16)
-    for start in range(0, len(ds), bs):
-        items = [ds[i] for i in range(start, min(start + bs, len(ds)))]
-        imgs = torch.stack([it[0] for it in items]).float().div_(255).contiguous(memory_format=torch.channels_last)
-        outs = (predict(model, imgs) if predict else
-                postprocess(model(imgs), cfg_eval["conf_threshold"], cfg_eval["iou_threshold"], cfg_eval["max_det"]))
-        for (_, _, i), o in zip(items, outs):
-            s = ds.samples[i]
-            sx, sy, dx, dy = D.letterbox_transform(s.width, s.height, input_size)
-            o = o.numpy()
-            boxes = (o[:, :4] - [dx, dy, dx, dy]) / [sx, sy, sx, sy]
-            boxes = np.clip(boxes, 0, [s.width, s.height, s.width, s.height])
-            dets.append((boxes, o[:, 4], o[:, 5].astype(np.int64)))
-            gts.append((s.boxes, s.classes))
-            counts[0] += np.bincount(o[o[:, 4] >= score_threshold_report, 5].astype(np.int64),
-                                     minlength=len(labels))[:len(labels)]
-            counts[1] += np.bincount(s.classes, minlength=len(labels))[:len(labels)]
-    res = average_precision(dets, gts, len(labels), 0.5)
-    per_class = {name: (round(a, 4) if a is not None else None) for name, a in zip(labels, res["ap"])}
-    valid = [a for a in res["ap"] if a is not None]
-    model.train(was_training)
-    return {"AP50": per_class, "mAP50": round(float(np.mean(valid)), 4) if valid else None,
-            "images": len(ds), "gt_boxes": {n: int(v) for n, v in zip(labels, counts[1])},
-            f"detections_at_score_{score_threshold_report}": {n: int(v) for n, v in zip(labels, counts[0])},
-            "max_recall": {n: round(i.get("max_recall", 0.0), 4) for n, i in zip(labels, res["info"])}}
-
-
 # ---------------------------------------------------------------------------------------- anchors
-def kmean_anchors(samples: Sequence[D.Sample], input_size: int, n: int = 9, iters: int = 300,
+def kmean_anchors(samples: Sequence[Sample], input_size: int, n: int = 9, iters: int = 300,
                   seed: int = 0, anchor_t: float = 4.0):
     """k-means on the boxes' (w, h) letterboxed to input_size, with 1 - IoU of co-centred boxes as the
     distance; returns (anchors sorted by area [n, 2], best possible recall at anchor_t, mean best IoU)."""
@@ -342,28 +185,28 @@ def kmean_anchors(samples: Sequence[D.Sample], input_size: int, n: int = 9, iter
 
 # --------------------------------------------------------------------------------------- training
 class DetectorTrainer:
-    """The detector recipe. splits: {"train", "val", "test": [Sample], "summary": {...}} or None to
-    build them from cfg["dataset_root"]."""
+    """The detector recipe; a subclass recipe replaces build_model, build_loss, describe_model and exported.
+    splits: {"train", "val", "test": [Sample], "summary": {...}} or None to build them from cfg["dataset_root"]."""
 
     def __init__(self, cfg: Dict, out_dir, splits: Optional[Dict] = None, log_file: bool = True):
+        if cfg["input_size"] % 32:
+            raise ValueError(f"input_size must be a multiple of 32, got {cfg['input_size']}")
         self.cfg = cfg
         self.out = Path(out_dir)
         self.out.mkdir(parents=True, exist_ok=True)
-        self.log_path = self.out / "train.log" if log_file else None
+        self.log = Log(self.out / "train.log" if log_file else None)
         torch.set_num_threads(int(cfg["threads"]))
         seed_everything(cfg["seed"])
         if splits is None:
             root = resolve_path(cfg["dataset_root"], cfg)
-            splits = D.make_detection_splits(root, seed=cfg["seed"], cache_dir=resolve_path(cfg["cache_dir"], cfg), log=self.log,
-                                             **cfg["dedup"])
+            splits = make_detection_splits(root, seed=cfg["seed"], cache_dir=resolve_path(cfg["cache_dir"], cfg), log=self.log,
+                                           **cfg["dedup"])
         self.splits = splits
         train = splits["train"][:cfg["max_train_images"]] if cfg["max_train_images"] else splits["train"]
         self.val = splits["val"][:cfg["max_eval_images"]] if cfg["max_eval_images"] else splits["val"]
         self.test = splits["test"][:cfg["max_eval_images"]] if cfg["max_eval_images"] else splits["test"]
         S = cfg["input_size"]
-        self.train_ds = D.DetectionDataset(train, S, augment=cfg["augment"], seed=cfg["seed"])
-        self.val_ds = D.DetectionDataset(self.val, S, augment=None)
-        self.test_ds = D.DetectionDataset(self.test, S, augment=None)
+        self.train_ds = DetectionDataset(train, S, augment=cfg["augment"], seed=cfg["seed"])
         self.model = self.build_model().to(memory_format=torch.channels_last)
         self.loss_fn = self.build_loss()
         self.optimizer = build_optimizer(self.model, cfg)
@@ -382,7 +225,7 @@ class DetectorTrainer:
     # ---------------------------------------------------------------- what a subclass recipe replaces
     def build_model(self) -> torch.nn.Module:
         cfg = self.cfg
-        return YoloDetector(len(D.LABELS), cfg["width"], cfg["depth"], anchors=self._anchors(), input_size=cfg["input_size"])
+        return YoloDetector(len(LABELS), cfg["width"], cfg["depth"], anchors=self._anchors(), input_size=cfg["input_size"])
 
     def build_loss(self):
         return YoloLoss(self.model, self.cfg["input_size"], self.cfg["loss"])
@@ -392,13 +235,14 @@ class DetectorTrainer:
         return (f"model {cfg['name']}: width {cfg['width']}, depth {cfg['depth']}, {count_parameters(self.model)} "
                 f"parameters, input {cfg['input_size']}, anchors {self.model.config['anchors']}")
 
-    def predict(self, model: torch.nn.Module, images: torch.Tensor) -> List[torch.Tensor]:
-        """Per image [n, 6] (x1, y1, x2, y2, score, class) in input pixels, for evaluation."""
-        e = self.cfg["eval"]
-        return postprocess(model(images), e["conf_threshold"], e["iou_threshold"], e["max_det"])
-
-    def evaluate(self, model, samples, dataset) -> Dict:
-        return evaluate(model, samples, self.cfg["input_size"], self.cfg["eval"], dataset=dataset, predict=self.predict)
+    def evaluate(self, samples: Sequence[Sample]) -> Dict:
+        """AP of the EMA weights on samples: exported to a model file and scored as `bloodcv eval --detector`
+        scores it, at the config's eval.score_threshold."""
+        with tempfile.TemporaryDirectory() as tmp:
+            path = self.export(Path(tmp) / "model.pt", quiet=True)
+            result = evaluate_detector(path, samples, LABELS, self.cfg["eval"]["score_threshold"])
+        result.pop("report")
+        return result
 
     def _anchors(self):
         a = self.cfg.get("anchors")
@@ -407,13 +251,6 @@ class DetectorTrainer:
         return [[float(v) for pair in level for v in pair] if isinstance(level[0], (list, tuple)) else level
                 for level in a]
 
-    def log(self, msg: str):
-        line = f"[{time.strftime('%H:%M:%S')}] {msg}"
-        print(line, flush=True)
-        if self.log_path:
-            with open(self.log_path, "a") as f:
-                f.write(line + "\n")
-
     # ---------------------------------------------------------------- checkpoints
     def checkpoint_path(self) -> Path:
         return self.out / "last.pt"
@@ -421,11 +258,9 @@ class DetectorTrainer:
     def save_checkpoint(self):
         state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                  "ema": self.ema.state_dict(), "epoch": self.epoch, "step": self.step,
-                 "rng": rng_states(), "history": self.history, "config": self.cfg,
+                 "rng": rng_state(), "history": self.history, "config": self.cfg,
                  "train_seconds": self.train_seconds}
-        tmp = self.out / "last.pt.partial"
-        torch.save(state, tmp)
-        os.replace(tmp, self.checkpoint_path())
+        save_checkpoint(self.checkpoint_path(), state)
 
     def load_checkpoint(self, path=None):
         state = torch.load(path or self.checkpoint_path(), map_location="cpu")
@@ -440,17 +275,17 @@ class DetectorTrainer:
         self.epoch, self.step = state["epoch"], state["step"]
         self.history = state["history"]
         self.train_seconds = state.get("train_seconds", 0.0)
-        set_rng_states(state["rng"])
+        set_rng_state(state["rng"])
         self.log(f"resumed from {path or self.checkpoint_path()} after epoch {self.epoch} (step {self.step})")
 
     # ---------------------------------------------------------------- training
     def batches(self, epoch: int):
         close = self.cfg["close_mosaic_epochs"]
         self.train_ds.set_epoch(epoch, mosaic=epoch < self.cfg["epochs"] - close)
-        order = D.epoch_order(len(self.train_ds), self.cfg["seed"], epoch)
+        order = epoch_order(len(self.train_ds), self.cfg["seed"], epoch)
         for b in range(self.steps_per_epoch):
             idx = order[b * self.bs:(b + 1) * self.bs] or order[:self.bs]
-            yield D.collate([self.train_ds[i] for i in idx])
+            yield collate([self.train_ds[i] for i in idx])
 
     def train_step(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         set_learning_rate(self.optimizer, self.cfg, self.step, self.steps_per_epoch)
@@ -514,7 +349,7 @@ class DetectorTrainer:
             rec = self.train_epoch(progress)
             if self.epoch % cfg["val_interval"] == 0 or self.epoch == cfg["epochs"]:
                 t = time.time()
-                rec["val"] = self.evaluate(self.ema.ema, self.val, self.val_ds)
+                rec["val"] = self.evaluate(self.val)
                 rec["val_seconds"] = round(time.time() - t, 1)
             self.history.append(rec)
             self.log(json.dumps(rec))
@@ -528,16 +363,16 @@ class DetectorTrainer:
         cfg = self.cfg
         last_val = next((h["val"] for h in reversed(self.history) if "val" in h), None)
         if last_val is None or self.history[-1].get("epoch") != self.epoch:
-            last_val = self.evaluate(self.ema.ema, self.val, self.val_ds)
+            last_val = self.evaluate(self.val)
         t = time.time()
-        test = self.evaluate(self.ema.ema, self.test, self.test_ds)
+        test = self.evaluate(self.test)
         self.log(f"validation (TXL-PBC val): {json.dumps(last_val)}")
         self.log(f"test (BCCD test, {time.time() - t:.0f} s): {json.dumps(test)}")
         metrics = {
             "name": cfg["name"], "epochs": self.epoch, "input_size": cfg["input_size"],
             "train_seconds": round(self.train_seconds, 1), "iou_threshold": 0.5,
-            "ap_method": "COCO-style 101-point interpolated AP at IoU 0.5 per class; boxes of the EMA model, "
-                         f"score > {cfg['eval']['conf_threshold']}, class-wise NMS IoU {cfg['eval']['iou_threshold']}",
+            "ap_method": "bloodcv.eval (COCO AP, as bloodcv eval --detector) of the exported EMA model file at score "
+                         f"threshold {cfg['eval']['score_threshold']}, its own decoder, suppression and tiling",
             "val": {"split": "TXL-PBC val minus near-duplicates of BCCD test", **last_val},
             "test": {"split": "BCCD ImageSets/Main/test.txt (BCCD's own VOC boxes)", **test},
             "data": self.splits.get("summary", {}),
@@ -547,7 +382,19 @@ class DetectorTrainer:
         return metrics
 
     # ---------------------------------------------------------------- export
-    def export(self, path=None) -> Path:
+    def export(self, path=None, quiet: bool = False) -> Path:
+        """Traces the EMA weights into a bloodcv model file at path (default: the config's export.path)."""
+        model, meta = self.exported()
+        path = Path(path) if path else resolve_path(self.cfg["export"]["path"], self.cfg)
+        S = self.cfg["input_size"]
+        example = torch.rand(1, 3, S, S, generator=torch.Generator().manual_seed(0))
+        export_model(model, path, meta, example, method="trace", atol=1e-4)
+        if not quiet:
+            self.log(f"exported {path} ({path.stat().st_size / 1e6:.2f} MB)")
+        return path
+
+    def exported(self):
+        """(the module to trace, in eval mode, and its bloodcv.json description): what a subclass recipe replaces."""
         cfg = self.cfg
         S = cfg["input_size"]
         model = copy.deepcopy(self.ema.ema).float().eval().to(memory_format=torch.contiguous_format).fuse()
@@ -559,10 +406,10 @@ class DetectorTrainer:
             summary = {k: {"split": v["split"], "AP50": v["AP50"], "mAP50": v["mAP50"]} for k, v in summary.items()}
         data = self.splits.get("summary", {})
         meta = {
-            "task": "detection", "name": cfg["name"], "labels": list(D.LABELS), "input_size": [S, S],
+            "task": "detection", "name": cfg["name"], "labels": list(LABELS), "input_size": [S, S],
             **({"tile_size": cfg["export"]["tile_size"]} if cfg["export"].get("tile_size") else {}),
             "input": {"color": "rgb", "scale": 1 / 255, "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0],
-                      "resize": "letterbox", "pad_value": D.PAD_VALUE},
+                      "resize": "letterbox", "pad_value": PAD_VALUE},
             "decoder": {"kind": "yolov5", "score_threshold": cfg["export"]["score_threshold"],
                         "nms_iou_threshold": cfg["export"]["nms_iou_threshold"],
                         "multi_label": cfg["export"]["multi_label"]},
@@ -578,11 +425,7 @@ class DetectorTrainer:
                 "licences": "TXL-PBC (MIT), BCCD (MIT)",
             },
         }
-        path = Path(path) if path else resolve_path(cfg["export"]["path"], cfg)
-        example = torch.rand(1, 3, S, S, generator=torch.Generator().manual_seed(0))
-        export_model(model, path, meta, example, method="trace", atol=1e-4)
-        self.log(f"exported {path} ({path.stat().st_size / 1e6:.2f} MB)")
-        return path
+        return model, meta
 
 
 # -------------------------------------------------------------------------------------------- CLI
@@ -590,39 +433,27 @@ HELP = "train (or export) the default cell detector (YOLOv5-style)"
 
 
 def add_arguments(d: argparse.ArgumentParser) -> None:
-    d.add_argument("--config", default="configs/detector_yolo.json",
-                   help="JSON config (keys: see bloodcv.train_detector.DEFAULT_CONFIG; default: %(default)s)")
-    d.add_argument("--out", default="runs/detector",
-                   help="folder for checkpoints (last.pt), train.log, metrics.json "
-                        "(default: %(default)s)")
-    d.add_argument("--resume", action="store_true", help="continue from OUT/last.pt (same config)")
-    d.add_argument("--export-only", action="store_true",
-                   help="no training: load OUT/last.pt, evaluate (metrics.json) and export")
+    add_common_arguments(d, "configs/detector_yolo.json", "folder for checkpoints (last.pt), train.log and metrics.json "
+                                                          "(default: the config's out, runs/detector)")
     d.add_argument("--no-export", action="store_true", help="train and evaluate without exporting")
-    d.add_argument("--export-path", default=None, help="where to export (default: the config's export.path, "
-                                                         "relative to the repository root)")
     d.add_argument("--anchors", action="store_true", help="only print k-means anchors for the training split")
-    d.add_argument("--epochs", type=int, default=None, help="override the config's epochs")
-    d.add_argument("--max-steps-per-epoch", type=int, default=None, help="smoke runs: cap the steps of an epoch")
     d.add_argument("--max-train-images", type=int, default=None, help="smoke runs: use the first N training images")
     d.add_argument("--max-eval-images", type=int, default=None, help="smoke runs: evaluate on the first N images")
-    d.add_argument("--dataset-root", default=None, help="override the config's dataset_root")
-    d.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
 
 
 def run(args) -> int:
-    over = {key: getattr(args, key) for key in ("epochs", "max_steps_per_epoch", "max_train_images", "max_eval_images",
-                                                "dataset_root") if getattr(args, key) is not None}
-    cfg = load_config(args.config, over)
+    over = {**common_overrides(args), **{key: getattr(args, key) for key in ("max_train_images", "max_eval_images")
+                                         if getattr(args, key) is not None}}
+    cfg = load_config(args.config, DEFAULT_CONFIG, over)
     if args.anchors:
         torch.set_num_threads(int(cfg["threads"]))
-        splits = D.make_detection_splits(resolve_path(cfg["dataset_root"], cfg), seed=cfg["seed"],
-                                         cache_dir=resolve_path(cfg["cache_dir"], cfg),
-                                         **cfg["dedup"])
+        splits = make_detection_splits(resolve_path(cfg["dataset_root"], cfg), seed=cfg["seed"],
+                                       cache_dir=resolve_path(cfg["cache_dir"], cfg), **cfg["dedup"])
         k, bpr, miou = kmean_anchors(splits["train"], cfg["input_size"], seed=cfg["seed"],
                                      anchor_t=cfg["loss"].get("anchor_t", 4.0))
         print(json.dumps({"anchors": np.round(k, 1).reshape(3, 3, 2).tolist(), "best_possible_recall": bpr,
                           "mean_best_iou": miou}))
         return 0
-    return DetectorTrainer(cfg, args.out).run(args.export_only, args.resume, not args.no_progress, not args.no_export,
-                                              args.export_path)
+    out = Path(args.out) if args.out else resolve_path(cfg["out"], cfg)
+    return DetectorTrainer(cfg, out).run(args.export_only, args.resume, not args.no_progress, not args.no_export,
+                                         args.export_path)
