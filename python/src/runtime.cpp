@@ -193,6 +193,23 @@ void bind_runtime(py::module_& m) {
       "read_image", [](const std::string& path) { return mat_to_numpy(read_image(path)); }, py::arg("path"),
       "Reads an image file as an 8-bit BGR numpy array of shape (H, W, 3), converting gray, BGRA and 16-bit images.\n\n"
       "Raises RuntimeError naming the path when the file is missing, empty, damaged (e.g. a JPEG cut short) or not an image.");
+  m.def("default_model_dir", &default_model_dir,
+        "Where the default models are: $BLOODCV_MODELS if set, else the models/ folder bloodcv was built from.");
+  m.def(
+      "differential_of",
+      [](const std::map<std::string, int>& type_counts) {
+        const Differential d = differential_of(type_counts);
+        py::dict out;
+        out["percent"] = d.percent;
+        out["cells"] = d.cells;
+        out["uncertain"] = d.uncertain;
+        out["note"] = d.note;
+        return out;
+      },
+      py::arg("type_counts"),
+      "The differential of {cell type: count} as the pipeline computes it: {\"percent\": {type: percent of the typed cells}, "
+      "\"cells\": its denominator, \"uncertain\": the cells typed \"uncertain\", left out, \"note\": why it is empty or "
+      "partial}. Every type but \"uncertain\" gets a percentage; none when no cell counts.");
 
   py::class_<Detector, PyDetector, std::shared_ptr<Detector>>(
       m, "Detector",

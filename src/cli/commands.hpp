@@ -16,6 +16,7 @@ using Runner = std::function<int()>;
 Runner add_tile_command(CLI::App& app);
 Runner add_analyze_command(CLI::App& app);
 Runner add_eval_command(CLI::App& app);
+Runner add_serve_command(CLI::App& app);
 
 // "640" or "640x480".
 inline cv::Size parse_size(const std::string& text, const char* option = "--tile") {

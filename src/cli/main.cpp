@@ -1,4 +1,5 @@
-// The bloodcv command-line program: `bloodcv analyze` (the full analysis), `bloodcv eval`, `bloodcv tile`.
+// The bloodcv command-line program: `bloodcv analyze` (the full analysis), `bloodcv eval`, `bloodcv tile`,
+// `bloodcv serve` (the laboratory web application, in Python).
 #include <iostream>
 
 #include "bloodcv/version.hpp"
@@ -9,7 +10,7 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", std::string("bloodcv ") + bloodcv::kVersion);
   app.require_subcommand(1);
   const bloodcv::cli::Runner runners[] = {bloodcv::cli::add_analyze_command(app), bloodcv::cli::add_eval_command(app),
-                                               bloodcv::cli::add_tile_command(app)};
+                                               bloodcv::cli::add_tile_command(app), bloodcv::cli::add_serve_command(app)};
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

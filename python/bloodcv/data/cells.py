@@ -4,6 +4,8 @@ Two kinds of source:
 
 - "folders": one folder per class of images that each show one cell, centred (PBC, the bone-marrow set).
   The cell's box is estimated from the stain (bloodcv.training.classifier.estimate_cell_box).
+- "coco": a COCO set of typed cells (annotations.json and its images), e.g. the reviewed cells that
+  `bloodcv serve` exports (GET /api/samples/{id}/export?format=coco, unzipped): corrections become training data.
 - "bccd": whole smear fields with boxes and types: BCCD's VOC WBC boxes (read by bloodcv.eval.read_voc)
   joined with wbc_labels.csv, for the fields with one listed type and one WBC box. BCCD's own
   ImageSets/Main/test.txt fields are the test split and never train. With "detector", the detector's own
@@ -20,6 +22,7 @@ A config names its sources and maps each source's folders or types to the recipe
 from __future__ import annotations
 
 import csv
+import json
 import math
 import zlib
 from pathlib import Path
@@ -81,6 +84,31 @@ def bccd_samples(root, types: dict[str, str], labels: list[str], source: str = "
         label = listed[name]
         samples.append(CellSample(str(image), label, f"{source}/{labels[label]}", source, tuple(float(v) for v in cells[0]),
                                   "test" if name in test_ids else None))
+    return samples
+
+
+def coco_samples(root, types: dict[str, str], labels: list[str], source: str) -> list[CellSample]:
+    """Typed cells of a COCO set: root/annotations.json (read by bloodcv.eval.read_coco) with its images beside
+    it under their file_name, as `bloodcv serve` exports a sample's reviewed cells. Each box whose category
+    `types` maps to a label is a sample; the others (red cells, untyped white cells) are not."""
+    from .. import eval as bev
+
+    root = Path(root)
+    files = {}
+    for entry in json.loads((root / "annotations.json").read_text()).get("images", []):
+        files[Path(entry["file_name"]).stem] = root / entry["file_name"]
+    truth = bev.read_coco(str(root / "annotations.json"))
+    samples = []
+    for name in truth.images:
+        annotated = truth.boxes(name)
+        for box, category in zip(annotated["boxes"], annotated["labels"]):
+            mapped = types.get(truth.labels[int(category)])
+            if mapped is None:
+                continue
+            if mapped not in labels:
+                raise ValueError(f"source {source!r}: type {truth.labels[int(category)]!r} maps to {mapped!r}, not one of {labels}")
+            label = labels.index(mapped)
+            samples.append(CellSample(str(files[name]), label, f"{source}/{mapped}", source, tuple(float(v) for v in box)))
     return samples
 
 

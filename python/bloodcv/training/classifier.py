@@ -51,7 +51,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data.cells import CellSample, bccd_samples, detector_samples, folder_samples, split_samples, stratified_split
+from ..data.cells import (CellSample, bccd_samples, coco_samples, detector_samples, folder_samples, split_samples,
+                          stratified_split)
 from ..models import build_classifier
 from ..models.metric_loss import metric_loss
 from .common import Log, progress as progress_bar, rng_state, save_checkpoint, seed_everything, set_rng_state
@@ -173,8 +174,10 @@ def samples_of(cfg: dict, labels: list[str], folders: dict[str, int]) -> tuple[l
             samples += folder_samples(resolve_path(source["root"], cfg), mapping, source["name"])
         elif source["kind"] == "bccd":
             samples += bccd_samples(resolve_path(source["root"], cfg), source["types"], labels, source["name"])
+        elif source["kind"] == "coco":
+            samples += coco_samples(resolve_path(source["root"], cfg), source["types"], labels, source["name"])
         else:
-            raise ValueError(f"source {source['name']!r}: kind must be folders or bccd, got {source['kind']!r}")
+            raise ValueError(f"source {source['name']!r}: kind must be folders, bccd or coco, got {source['kind']!r}")
     split = split_samples(samples, cfg["split"], cfg["seed"])
     excluded = set(cfg.get("exclude_sources") or [])
     unknown = excluded - {src["name"] for src in cfg["sources"]}
