@@ -14,7 +14,8 @@ PACKAGES=(
   python3-numpy python3-pytest python3-torch python3-torchvision python3-opencv python3-tqdm
   jupyter-nbconvert python3-nbformat python3-ipykernel python3-matplotlib python3-sklearn python3-pil
   # bloodcv serve: the web application, its database servers, and the real-browser test
-  python3-fastapi python3-uvicorn python3-sqlalchemy python3-jinja2 python3-multipart python3-httpx python3-psycopg2
+  python3-fastapi python3-pydantic python3-uvicorn python3-sqlalchemy python3-jinja2 python3-multipart python3-httpx
+  python3-psycopg2
   postgresql chromium chromium-driver python3-selenium
 )
 missing=()

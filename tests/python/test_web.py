@@ -270,3 +270,16 @@ def test_pages_render_for_a_logged_in_user(app):
         rows = client.get("/api/patients/1/differentials.csv").text.splitlines()
         assert rows[0] == "date,sample,name,cells,uncertain," + ",".join(TYPES)
         assert rows[1].startswith("2026-11-01,1,smear A,1,0,") and rows[1].endswith("100.0") and rows[2].startswith("2026-11-15,2,smear B,0")
+
+
+def test_the_command_line_refuses_bad_settings_in_one_line(tmp_path):
+    import subprocess
+    import sys
+    run = lambda *args: subprocess.run([sys.executable, "-m", "bloodcv.web", "--data", str(tmp_path / "d"), *args],  # noqa: E731
+                                       capture_output=True, text=True, timeout=120)
+    r = run("--db", "nosuch://x")
+    assert r.returncode == 2 and r.stderr.startswith("bloodcv serve: cannot open the database nosuch://x")
+    r = run("--create-user", "bob:short")
+    assert r.returncode == 2 and r.stderr.strip() == "bloodcv serve: a password has at least 8 characters"
+    r = run("--create-user", "bob:long-enough:reviewer")
+    assert r.returncode == 0 and "created reviewer bob" in r.stderr

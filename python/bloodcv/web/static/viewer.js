@@ -117,10 +117,21 @@
     catch (e) { alert(e.message); }
   }
 
-  function setZoom(z) { zoom = Math.min(8, Math.max(0.1, z)); stage.style.transform = `scale(${zoom})`; }
+  // Zoom resizes the image and the overlay (the SVG's viewBox keeps image pixels), so the page scrolls over it.
+  const picture = document.getElementById("picture");
+  function setZoom(z) {
+    zoom = Math.min(8, Math.max(0.1, z));
+    for (const el of [picture, svg]) {
+      el.style.width = `${Number(root.dataset.width) * zoom}px`;
+      el.style.height = `${Number(root.dataset.height) * zoom}px`;
+    }
+  }
   document.getElementById("zoom-in").onclick = () => setZoom(zoom * 1.25);
   document.getElementById("zoom-out").onclick = () => setZoom(zoom / 1.25);
-  document.getElementById("zoom-fit").onclick = () => setZoom(stage.parentElement.clientWidth / Number(root.dataset.width));
+  // fit: the whole image in the visible stage (its width, and 78 % of the window's height)
+  const fit = () => setZoom(Math.min(stage.parentElement.clientWidth / Number(root.dataset.width),
+                                     (0.78 * window.innerHeight - 8) / Number(root.dataset.height)));
+  document.getElementById("zoom-fit").onclick = fit;
   stage.parentElement.addEventListener("wheel", (e) => { if (e.ctrlKey) { e.preventDefault(); setZoom(zoom * (e.deltaY < 0 ? 1.1 : 1 / 1.1)); } });
 
   if (canEdit) {
@@ -155,5 +166,6 @@
       catch (err) { alert(err.message); ghost.remove(); }
     });
   }
+  fit();
   load();
 })();
