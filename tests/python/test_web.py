@@ -3,6 +3,7 @@ library's pipeline and the bundled models."""
 import io
 import json
 import struct
+import time
 import zipfile
 import zlib
 
@@ -16,6 +17,7 @@ cv2 = pytest.importorskip("cv2")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from bloodcv.data.cells import coco_samples  # noqa: E402
+from bloodcv.training import classifier as tc  # noqa: E402
 from bloodcv.web import Settings, create_app  # noqa: E402
 from bloodcv.web import auth  # noqa: E402
 from bloodcv.web.app import Models  # noqa: E402
@@ -155,6 +157,12 @@ def test_labelme_and_coco_exports_and_a_labelme_import(app, tmp_path):
         cells = coco_samples(tmp_path / "coco", {t: t for t in TYPES}, TYPES, "lab")
         assert [(TYPES[c.label], c.box) for c in cells] == [("basophil", (100.0, 100.0, 160.0, 150.0))]
         assert cv2.imread(cells[0].file) is not None
+        # ... as a source of the classifier recipe's config
+        cfg = tc.load_config(None, {"classes": TYPES, "split": {"train": 1.0},
+                                    "sources": [{"name": "lab", "kind": "coco", "root": str(tmp_path / "coco"),
+                                                 "types": {t: t for t in TYPES}}]})
+        samples, split = tc.samples_of(cfg, *tc.label_groups(cfg))
+        assert samples == cells and split["train"] == [0]
 
 
 def png_header_only(width, height):
@@ -219,6 +227,15 @@ def test_sessions_roles_csrf_and_unknown_ids(app):
         assert client.post("/api/logout", headers=headers).status_code == 200
         client.cookies.set("bloodcv_session", cookie)
         assert client.get(f"/api/samples/{sample}").status_code == 401
+
+
+def test_sessions_expire(tmp_path, models):
+    app = make_app(tmp_path, models, session_hours=0.5 / 3600)  # half a second
+    with TestClient(app) as client:
+        login(client, "tom", "technician-pass")
+        assert client.get("/api/me").status_code == 200
+        time.sleep(0.8)
+        assert client.get("/api/me").status_code == 401
 
 
 def test_failed_logins_are_throttled(app):

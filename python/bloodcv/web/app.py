@@ -170,7 +170,7 @@ def create_app(settings: Settings, models: Optional[Models] = None) -> FastAPI:
         return row
 
     def set_cookie(response: Response, token: str) -> None:
-        response.set_cookie(COOKIE, token, max_age=int(lifetime.total_seconds()), httponly=True, samesite="strict",
+        response.set_cookie(COOKIE, token, max_age=max(1, int(lifetime.total_seconds())), httponly=True, samesite="strict",
                             secure=settings.secure_cookies, path="/")
 
     def client_of(request: Request) -> str:
