@@ -17,6 +17,8 @@ PACKAGES=(
   python3-fastapi python3-pydantic python3-uvicorn python3-sqlalchemy python3-jinja2 python3-multipart python3-httpx
   python3-psycopg2
   postgresql chromium chromium-driver python3-selenium
+  # whole slides: OpenSlide (C library and its tools), libvips to make test slides, Dask for many slides
+  libopenslide-dev openslide-tools libvips-tools python3-dask python3-distributed
 )
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -9,6 +10,8 @@
 #include <fmt/ranges.h>
 
 #include <nlohmann/json.hpp>
+
+#include <opencv2/imgproc.hpp>
 
 #include "bloodcv/image.hpp"
 #include "check.hpp"
@@ -49,6 +52,50 @@ Pipeline::Pipeline(std::shared_ptr<const Tiler> tiler, std::shared_ptr<const Det
   }
 }
 
+template <class Classify>
+void Pipeline::count_and_classify(AnalysisResult& result, std::vector<Detection> merged, Classify&& classify) const {
+  for (const std::string& name : result.detector_labels) result.counts[name] = 0;
+  std::vector<std::size_t> to_classify;
+  for (Detection& d : merged) {
+    if (d.label < 0 || static_cast<std::size_t>(d.label) >= result.detector_labels.size())
+      throw std::runtime_error(fmt::format("the detector gave label {}, but has {} labels", d.label, result.detector_labels.size()));
+    Cell cell;
+    cell.label = result.detector_labels[static_cast<std::size_t>(d.label)];
+    cell.detection = std::move(d);
+    ++result.counts[cell.label];
+    const auto& wanted = options_.classify_labels;
+    if (classifier_ && std::find(wanted.begin(), wanted.end(), cell.label) != wanted.end()) to_classify.push_back(result.cells.size());
+    result.cells.push_back(std::move(cell));
+  }
+
+  if (classifier_) {
+    result.classifier_labels = classifier_->labels();
+    const float uncertain_below = options_.uncertain_below.value_or(classifier_->uncertainty_threshold());
+    for (const std::string& name : result.classifier_labels) result.type_counts[name] = 0;
+    if (uncertain_below > 0) result.type_counts[kUncertainType] = 0;
+    std::vector<Box> boxes;
+    for (const std::size_t i : to_classify) boxes.push_back(result.cells[i].detection.box);
+    std::vector<Classification> types = boxes.empty() ? std::vector<Classification>{} : classify(boxes);
+    if (types.size() != boxes.size())
+      throw std::runtime_error(fmt::format("the classifier returned {} results for {} cells", types.size(), boxes.size()));
+    for (std::size_t k = 0; k < types.size(); ++k) {
+      Cell& cell = result.cells[to_classify[k]];
+      if (types[k].label < 0 || static_cast<std::size_t>(types[k].label) >= result.classifier_labels.size())
+        throw std::runtime_error(fmt::format("the classifier gave label {}, but has {} labels", types[k].label, result.classifier_labels.size()));
+      cell.uncertain = types[k].score < uncertain_below;
+      cell.type_label = cell.uncertain ? kUncertainType : result.classifier_labels[static_cast<std::size_t>(types[k].label)];
+      cell.type = std::move(types[k]);
+      ++result.type_counts[cell.type_label];
+    }
+    Differential d = differential_of(result.type_counts);
+    result.differential = std::move(d.percent);
+    result.differential_cells = d.cells;
+    result.differential_note = std::move(d.note);
+  } else {
+    result.differential_note = "no classifier: cells are counted, not typed";
+  }
+}
+
 AnalysisResult Pipeline::analyze(const std::string& path) const { return analyze(read_image(path)); }
 
 AnalysisResult Pipeline::analyze(const cv::Mat& input) const {
@@ -78,50 +125,191 @@ AnalysisResult Pipeline::analyze(const cv::Mat& input) const {
   std::vector<Detection> merged = options_.merger->merge(per_tile, tiles, image.size());
   result.timings.merging_ms = stage.lap_ms();
 
-  for (const std::string& name : result.detector_labels) result.counts[name] = 0;
-  std::vector<std::size_t> to_classify;
-  for (Detection& d : merged) {
-    if (d.label < 0 || static_cast<std::size_t>(d.label) >= result.detector_labels.size())
-      throw std::runtime_error(fmt::format("the detector gave label {}, but has {} labels", d.label, result.detector_labels.size()));
-    Cell cell;
-    cell.label = result.detector_labels[static_cast<std::size_t>(d.label)];
-    cell.detection = std::move(d);
-    ++result.counts[cell.label];
-    const auto& wanted = options_.classify_labels;
-    if (classifier_ && std::find(wanted.begin(), wanted.end(), cell.label) != wanted.end()) to_classify.push_back(result.cells.size());
-    result.cells.push_back(std::move(cell));
-  }
-
-  if (classifier_) {
-    result.classifier_labels = classifier_->labels();
-    const float uncertain_below = options_.uncertain_below.value_or(classifier_->uncertainty_threshold());
-    for (const std::string& name : result.classifier_labels) result.type_counts[name] = 0;
-    if (uncertain_below > 0) result.type_counts[kUncertainType] = 0;
-    std::vector<Box> boxes;
-    for (const std::size_t i : to_classify) boxes.push_back(result.cells[i].detection.box);
-    std::vector<Classification> types = boxes.empty() ? std::vector<Classification>{} : classifier_->classify(normalized, boxes);
-    if (types.size() != boxes.size())
-      throw std::runtime_error(fmt::format("the classifier returned {} results for {} cells", types.size(), boxes.size()));
-    for (std::size_t k = 0; k < types.size(); ++k) {
-      Cell& cell = result.cells[to_classify[k]];
-      if (types[k].label < 0 || static_cast<std::size_t>(types[k].label) >= result.classifier_labels.size())
-        throw std::runtime_error(fmt::format("the classifier gave label {}, but has {} labels", types[k].label, result.classifier_labels.size()));
-      cell.uncertain = types[k].score < uncertain_below;
-      cell.type_label = cell.uncertain ? kUncertainType : result.classifier_labels[static_cast<std::size_t>(types[k].label)];
-      cell.type = std::move(types[k]);
-      ++result.type_counts[cell.type_label];
-    }
-    Differential d = differential_of(result.type_counts);
-    result.differential = std::move(d.percent);
-    result.differential_cells = d.cells;
-    result.differential_note = std::move(d.note);
-    result.timings.classification_ms = stage.lap_ms();
-  } else {
-    result.differential_note = "no classifier: cells are counted, not typed";
-  }
+  count_and_classify(result, std::move(merged), [&](const std::vector<Box>& boxes) { return classifier_->classify(normalized, boxes); });
+  result.timings.classification_ms = stage.lap_ms();
   result.timings.total_ms = total.lap_ms();
   return result;
 }
+
+// --- sources read tile by tile ---------------------------------------------------------------------------
+namespace {
+
+// Below this many working pixels the whole-image pass runs and the cells are classified in one batch
+// from the source read whole; above it, nothing is read whole.
+constexpr long long kReadWholeBelow = 16LL << 20;
+
+bool read_whole(const SlidePlan& plan) {
+  return static_cast<long long>(plan.working_size.width) * plan.working_size.height <= kReadWholeBelow;
+}
+
+// The pixels of a region of the working image: read at the plan's level and resized to the region's size.
+cv::Mat read_working(const ImageSource& source, const SlidePlan& plan, const cv::Rect& region) {
+  const SourceLevel level = source.levels().at(static_cast<std::size_t>(plan.info.level));
+  const double f = plan.info.downsample / level.downsample;  // level pixels per working pixel
+  const int x0 = std::clamp(static_cast<int>(std::floor(region.x * f)), 0, level.size.width - 1);
+  const int y0 = std::clamp(static_cast<int>(std::floor(region.y * f)), 0, level.size.height - 1);
+  const int x1 = std::clamp(static_cast<int>(std::ceil((region.x + region.width) * f)), x0 + 1, level.size.width);
+  const int y1 = std::clamp(static_cast<int>(std::ceil((region.y + region.height) * f)), y0 + 1, level.size.height);
+  cv::Mat pixels = source.read(cv::Rect(x0, y0, x1 - x0, y1 - y0), plan.info.level);
+  if (pixels.size() != region.size())
+    cv::resize(pixels, pixels, region.size(), 0, 0, f > 1 ? cv::INTER_AREA : cv::INTER_LINEAR);
+  return pixels;
+}
+
+}  // namespace
+
+SlidePlan Pipeline::plan(const ImageSource& source, const SlideOptions& options) const {
+  if (options.microns_per_pixel && !(*options.microns_per_pixel > 0 && std::isfinite(*options.microns_per_pixel)))
+    fail_argument("microns_per_pixel must be positive, got {}", *options.microns_per_pixel);
+  if (options.mask_max_side < 16) fail_argument("mask_max_side must be at least 16, got {}", options.mask_max_side);
+  if (options.batch_tiles == 0) fail_argument("batch_tiles must be at least 1");
+  const std::vector<SourceLevel> levels = source.levels();
+  if (levels.empty()) throw std::runtime_error(fmt::format("{}: the source has no levels", source.name()));
+  SlidePlan plan;
+  plan.info.source = source.name();
+  plan.info.levels = levels.size();
+  plan.info.microns_per_pixel = options.microns_per_pixel ? options.microns_per_pixel : source.microns_per_pixel();
+  if (const auto model = detector_->microns_per_pixel(); model && plan.info.microns_per_pixel)
+    plan.info.downsample = *model / *plan.info.microns_per_pixel;
+  plan.info.level = source.level_for_downsample(plan.info.downsample);
+  const cv::Size s0 = levels.front().size;
+  plan.working_size = {std::max(1, static_cast<int>(std::lround(s0.width / plan.info.downsample))),
+                       std::max(1, static_cast<int>(std::lround(s0.height / plan.info.downsample)))};
+  plan.tiles = tiler_->plan(plan.working_size);
+  plan.run.assign(plan.tiles.size(), 1);
+
+  double view_down = 1;
+  plan.mask = tissue_mask(read_overview(source, options.mask_max_side, plan.info.downsample, &view_down), options.tissue);
+  plan.mask_downsample = view_down / plan.info.downsample;
+  for (std::size_t i = 0; i < plan.tiles.size(); ++i) {
+    const Tile& t = plan.tiles[i];
+    if (t.whole_image) {  // the whole-image pass reads everything: only where the source is read whole anyway
+      plan.run[i] = read_whole(plan);
+      continue;
+    }
+    if (!options.skip_background) continue;
+    const double m = plan.mask_downsample;  // one mask pixel of margin: a cell cut by the tile edge counts
+    const int x0 = std::max(0, static_cast<int>(std::floor(t.region.x / m)) - 1), y0 = std::max(0, static_cast<int>(std::floor(t.region.y / m)) - 1);
+    const int x1 = std::min(plan.mask.cols, static_cast<int>(std::ceil((t.region.x + t.region.width) / m)) + 1);
+    const int y1 = std::min(plan.mask.rows, static_cast<int>(std::ceil((t.region.y + t.region.height) / m)) + 1);
+    plan.run[i] = x1 > x0 && y1 > y0 && cv::countNonZero(plan.mask(cv::Rect(x0, y0, x1 - x0, y1 - y0))) > 0;
+  }
+  plan.info.tiles_skipped = static_cast<std::size_t>(std::count(plan.run.begin(), plan.run.end(), 0));
+  return plan;
+}
+
+std::vector<std::vector<Detection>> Pipeline::detect_tiles(const ImageSource& source, const SlidePlan& plan,
+                                                           const std::vector<std::size_t>& tiles) const {
+  std::vector<cv::Mat> images;
+  images.reserve(tiles.size());
+  for (const std::size_t i : tiles) {
+    if (i >= plan.tiles.size()) throw std::out_of_range(fmt::format("tile {} of a plan of {} tiles", i, plan.tiles.size()));
+    const Tile& tile = plan.tiles[i];
+    if (tile.whole_image && !read_whole(plan))
+      fail_argument("tile {} is the whole-image pass of a {}x{} source read tile by tile: it is not run", i, plan.working_size.width,
+                    plan.working_size.height);
+    cv::Mat pixels;
+    try {
+      pixels = read_working(source, plan, tile.region);
+    } catch (const ReadError&) {
+      throw;
+    } catch (const std::exception& e) {  // a source written elsewhere (Python) fails in its own words
+      throw ReadError(e.what());
+    }
+    if (options_.stain_normalizer && options_.stain_before_detection) pixels = options_.stain_normalizer->normalize(pixels);
+    // A region smaller than the tiler's tiles (an image smaller than a tile) is padded as the tiler pads it.
+    if (!tile.whole_image) {
+      const std::vector<Tile> own = tiler_->tiles(pixels);
+      if (own.size() == 1 && own[0].region == cv::Rect({0, 0}, pixels.size())) pixels = own[0].image;
+    }
+    images.push_back(pixels);
+  }
+  if (images.empty()) return {};
+  auto found = detector_->detect(images);
+  if (found.size() != images.size())
+    throw std::runtime_error(fmt::format("the detector returned results for {} images, but was given {} tiles", found.size(), images.size()));
+  return found;
+}
+
+AnalysisResult Pipeline::finish(const ImageSource& source, const SlidePlan& plan, const std::vector<std::vector<Detection>>& per_tile) const {
+  Stopwatch stage;
+  if (per_tile.size() != plan.tiles.size())
+    fail_argument("finish needs one detection list per planned tile: {} for {} tiles", per_tile.size(), plan.tiles.size());
+  AnalysisResult result;
+  result.image_size = source.size();
+  result.tiles = plan.tiles.size();
+  result.slide = plan.info;
+  result.detector_labels = detector_->labels();
+  std::vector<Detection> merged = options_.merger->merge(per_tile, plan.tiles, plan.working_size);
+  result.timings.merging_ms = stage.lap_ms();
+
+  const auto normalized = [&](cv::Mat pixels) { return options_.stain_normalizer ? options_.stain_normalizer->normalize(pixels) : pixels; };
+  count_and_classify(result, std::move(merged), [&](const std::vector<Box>& boxes) {
+    if (read_whole(plan)) {  // one batch over the whole image; tile by tile where part of it cannot be read
+      try {
+        return classifier_->classify(normalized(read_working(source, plan, cv::Rect({0, 0}, plan.working_size))), boxes);
+      } catch (const ReadError&) {
+      }
+    }
+    // Each cell from a patch of the source around it, wide enough for any crop padding; clipped where the
+    // image ends, as a crop of the whole image is.
+    std::vector<Classification> out;
+    for (const Box& b : boxes) {
+      const float margin = std::max(b.width(), b.height()) + 2.f;
+      const int x0 = std::max(0, static_cast<int>(std::floor(b.x1 - margin))), y0 = std::max(0, static_cast<int>(std::floor(b.y1 - margin)));
+      const int x1 = std::min(plan.working_size.width, static_cast<int>(std::ceil(b.x2 + margin)));
+      const int y1 = std::min(plan.working_size.height, static_cast<int>(std::ceil(b.y2 + margin)));
+      const cv::Mat patch = normalized(read_working(source, plan, cv::Rect(x0, y0, x1 - x0, y1 - y0)));
+      const Box local{b.x1 - static_cast<float>(x0), b.y1 - static_cast<float>(y0), b.x2 - static_cast<float>(x0), b.y2 - static_cast<float>(y0)};
+      out.push_back(classifier_->classify(patch, {local}).at(0));
+    }
+    return out;
+  });
+  result.timings.classification_ms = stage.lap_ms();
+  const auto d = static_cast<float>(plan.info.downsample);
+  if (d != 1.f)
+    for (Cell& c : result.cells) c.detection.box = {c.detection.box.x1 * d, c.detection.box.y1 * d, c.detection.box.x2 * d, c.detection.box.y2 * d};
+  return result;
+}
+
+AnalysisResult Pipeline::analyze(const ImageSource& source, const SlideOptions& options) const {
+  Stopwatch total, stage;
+  const SlidePlan p = plan(source, options);
+  const double planning_ms = stage.lap_ms();
+  std::vector<std::vector<Detection>> per_tile(p.tiles.size());
+  std::vector<std::size_t> batch;
+  std::vector<std::string> tile_errors;
+  const auto flush = [&] {
+    try {
+      auto found = detect_tiles(source, p, batch);
+      for (std::size_t k = 0; k < batch.size(); ++k) per_tile[batch[k]] = std::move(found[k]);
+    } catch (const ReadError&) {  // a tile that cannot be read: find it, keep the others
+      for (const std::size_t i : batch) {
+        try {
+          per_tile[i] = std::move(detect_tiles(source, p, {i}).at(0));
+        } catch (const ReadError& e) {
+          const cv::Rect& r = p.tiles[i].region;
+          tile_errors.push_back(fmt::format("tile {} (x={} y={} {}x{}): {}", i, r.x, r.y, r.width, r.height, e.what()));
+        }
+      }
+    }
+    batch.clear();
+  };
+  for (std::size_t i = 0; i < p.tiles.size(); ++i) {
+    if (!p.run[i]) continue;
+    batch.push_back(i);
+    if (batch.size() == options.batch_tiles) flush();
+  }
+  if (!batch.empty()) flush();
+  const double detection_ms = stage.lap_ms();
+  AnalysisResult result = finish(source, p, per_tile);
+  result.slide->tile_errors = std::move(tile_errors);
+  result.timings.tiling_ms = planning_ms;
+  result.timings.detection_ms = detection_ms;
+  result.timings.total_ms = total.lap_ms();
+  return result;
+}
+
 
 Differential differential_of(const std::map<std::string, int>& type_counts) {
   Differential d;

@@ -154,7 +154,7 @@ std::string to_json(const AnalysisResult& r, const std::string& image_path) {
     }
     cells.push_back(std::move(cell));
   }
-  const json doc{{"schema", kReportSchema},
+  json doc{{"schema", kReportSchema},
                  {"schema_version", kReportSchemaVersion},
                  {"image", {{"path", image_path}, {"width", r.image_size.width}, {"height", r.image_size.height}}},
                  {"tiles", r.tiles},
@@ -173,6 +173,12 @@ std::string to_json(const AnalysisResult& r, const std::string& image_path) {
                    {"merging", r.timings.merging_ms},
                    {"classification", r.timings.classification_ms},
                    {"total", r.timings.total_ms}}}};
+  if (r.slide) {
+    const SlideInfo& s = *r.slide;
+    doc["slide"] = {{"source", s.source}, {"levels", s.levels}, {"downsample", s.downsample}, {"level", s.level},
+                    {"tiles_skipped", s.tiles_skipped}, {"tile_errors", s.tile_errors},
+                    {"microns_per_pixel", s.microns_per_pixel ? json(*s.microns_per_pixel) : json(nullptr)}};
+  }
   return doc.dump(1) + "\n";
 }
 
@@ -252,6 +258,66 @@ ReportPaths write_reports(const cv::Mat& image, const AnalysisResult& result, co
     if (!cv::imwrite(partial, draw_overlay(image, result))) throw std::runtime_error(fmt::format("cannot write '{}'", paths.overlay));
   });
   files.add_text(paths.json, to_json(result, image_path));
+  files.add_text(paths.csv, to_csv(result));
+  files.add_text(paths.coco, to_coco_results(result, image_id));
+  files.commit();
+  return paths;
+}
+
+SlideOverview draw_slide_overview(const ImageSource& source, const AnalysisResult& result, int max_side) {
+  SlideOverview out;
+  const cv::Mat view = read_overview(source, max_side, 1, &out.downsample);
+  out.cells = view.clone();
+  const auto d = static_cast<float>(out.downsample);
+  for (const Cell& cell : result.cells) {
+    const Box& b = cell.detection.box;
+    const cv::Scalar colour = cell.uncertain ? kUncertainColour
+                                             : palette(cell.type ? result.detector_labels.size() + static_cast<std::size_t>(cell.type->label)
+                                                                 : static_cast<std::size_t>(cell.detection.label));
+    const cv::Point p1(static_cast<int>(b.x1 / d), static_cast<int>(b.y1 / d)), p2(static_cast<int>(b.x2 / d), static_cast<int>(b.y2 / d));
+    if (p2.x - p1.x >= 3 && p2.y - p1.y >= 3) cv::rectangle(out.cells, p1, p2, colour, cell.type ? 2 : 1);
+    else cv::circle(out.cells, (p1 + p2) / 2, cell.type ? 3 : 1, colour, cv::FILLED);
+  }
+  // Cells per square of 1/64 of the longer side, colour-mapped where there are any.
+  const int square = std::max(4, std::max(view.cols, view.rows) / 64);
+  cv::Mat counts = cv::Mat::zeros((view.rows + square - 1) / square, (view.cols + square - 1) / square, CV_32F);
+  for (const Cell& cell : result.cells) {
+    const int x = std::clamp(static_cast<int>(cell.detection.box.center_x() / d) / square, 0, counts.cols - 1);
+    const int y = std::clamp(static_cast<int>(cell.detection.box.center_y() / d) / square, 0, counts.rows - 1);
+    counts.at<float>(y, x) += 1.f;
+  }
+  double most = 0;
+  cv::minMaxLoc(counts, nullptr, &most);
+  cv::Mat scaled, heat, big_counts;
+  counts.convertTo(scaled, CV_8U, most > 0 ? 255.0 / most : 0.0);
+  cv::applyColorMap(scaled, heat, cv::COLORMAP_JET);
+  cv::resize(heat, heat, view.size(), 0, 0, cv::INTER_NEAREST);
+  cv::resize(counts, big_counts, view.size(), 0, 0, cv::INTER_NEAREST);
+  cv::Mat blended;
+  cv::addWeighted(view, 0.45, heat, 0.55, 0, blended);
+  out.density = view.clone();
+  blended.copyTo(out.density, big_counts > 0);
+  cv::putText(out.density, fmt::format("cells per {0}x{0} px square (level 0): up to {1}", static_cast<int>(square * out.downsample), most),
+              {8, 20}, cv::FONT_HERSHEY_SIMPLEX, 0.5, cv::Scalar(0, 0, 0), 1, cv::LINE_AA);
+  return out;
+}
+
+ReportPaths write_slide_reports(const ImageSource& source, const AnalysisResult& result, const std::string& out_dir, const std::string& stem,
+                                std::int64_t image_id) {
+  namespace fs = std::filesystem;
+  fs::create_directories(out_dir);
+  const fs::path dir(out_dir);
+  ReportPaths paths{(dir / (stem + ".overview.jpg")).string(), (dir / (stem + ".json")).string(), (dir / (stem + ".csv")).string(),
+                    (dir / (stem + ".coco.json")).string(), (dir / (stem + ".density.jpg")).string()};
+  const SlideOverview pictures = draw_slide_overview(source, result);
+  AtomicFiles files;
+  files.add(paths.overlay, [&](const std::string& partial) {
+    if (!cv::imwrite(partial, pictures.cells)) throw std::runtime_error(fmt::format("cannot write '{}'", paths.overlay));
+  });
+  files.add(paths.density, [&](const std::string& partial) {
+    if (!cv::imwrite(partial, pictures.density)) throw std::runtime_error(fmt::format("cannot write '{}'", paths.density));
+  });
+  files.add_text(paths.json, to_json(result, source.name()));
   files.add_text(paths.csv, to_csv(result));
   files.add_text(paths.coco, to_coco_results(result, image_id));
   files.commit();

@@ -255,6 +255,7 @@ struct TorchScriptDetector::Impl {
   LoadedModel model;
   DecoderSetup decoding;
   cv::Size tile_size;
+  std::optional<double> microns_per_pixel;
 };
 
 TorchScriptDetector::TorchScriptDetector(const std::string& path, TorchScriptDetectorOptions options)
@@ -269,6 +270,11 @@ TorchScriptDetector::TorchScriptDetector(const std::string& path, TorchScriptDet
     if (t.size() != 2 || t[0] <= 0 || t[1] <= 0) fail_model(path, "bloodcv.json: tile_size must be [width, height] > 0");
     impl_->tile_size = {t[0], t[1]};
   }
+  if (impl_->model.meta.contains("microns_per_pixel")) {
+    const auto& m = impl_->model.meta.at("microns_per_pixel");
+    if (!m.is_number() || !(m.get<double>() > 0)) fail_model(path, "bloodcv.json: microns_per_pixel must be a positive number");
+    impl_->microns_per_pixel = m.get<double>();
+  }
 }
 
 TorchScriptDetector::~TorchScriptDetector() = default;
@@ -278,6 +284,7 @@ TorchScriptDetector& TorchScriptDetector::operator=(TorchScriptDetector&&) noexc
 std::vector<std::string> TorchScriptDetector::labels() const { return impl_->model.labels; }
 cv::Size TorchScriptDetector::input_size() const { return impl_->model.input.size; }
 cv::Size TorchScriptDetector::tile_size() const { return impl_->tile_size; }
+std::optional<double> TorchScriptDetector::microns_per_pixel() const { return impl_->microns_per_pixel; }
 const std::string& TorchScriptDetector::metadata_json() const { return impl_->model.metadata_json; }
 
 std::vector<std::vector<Detection>> TorchScriptDetector::detect(const std::vector<cv::Mat>& images) const {

@@ -7,6 +7,7 @@
 #include "bloodcv/detector.hpp"
 #include "bloodcv/eval.hpp"
 #include "bloodcv/image.hpp"
+#include "bloodcv/image_source.hpp"
 #include "bloodcv/merge.hpp"
 #include "bloodcv/nms.hpp"
 #include "bloodcv/pipeline.hpp"

@@ -28,6 +28,9 @@ class Detector {
   // (a model trained on 640-pixel fields letterboxed to 320 wants 640-pixel tiles). The default tiler
   // of a pipeline uses it. By default the input size: tiles seen at full resolution.
   virtual cv::Size tile_size() const { return input_size(); }
+  // Microns per pixel of the images the detector was trained on, where known: a slide is then read at
+  // that scale. Unset by default.
+  virtual std::optional<double> microns_per_pixel() const { return std::nullopt; }
 };
 
 // How a TorchScript model runs.
@@ -58,6 +61,7 @@ class TorchScriptDetector final : public Detector {
   std::vector<std::string> labels() const override;
   cv::Size input_size() const override;
   cv::Size tile_size() const override;       // the model file's "tile_size", else its input size
+  std::optional<double> microns_per_pixel() const override;  // the model file's "microns_per_pixel", if any
   const std::string& metadata_json() const;  // the model file's bloodcv.json
 
  private:

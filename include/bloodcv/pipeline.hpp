@@ -12,6 +12,7 @@
 
 #include "bloodcv/classifier.hpp"
 #include "bloodcv/detector.hpp"
+#include "bloodcv/image_source.hpp"
 #include "bloodcv/merge.hpp"
 #include "bloodcv/stain.hpp"
 #include "bloodcv/tiler.hpp"
@@ -42,9 +43,21 @@ struct StageTimings {
   double stain_ms = 0, tiling_ms = 0, detection_ms = 0, merging_ms = 0, classification_ms = 0, total_ms = 0;
 };
 
+// How an ImageSource was read: at which scale, and how many tiles held no tissue.
+struct SlideInfo {
+  std::string source;                   // ImageSource::name()
+  std::size_t levels = 1;
+  std::optional<double> microns_per_pixel;  // of level 0 (the source's, or SlideOptions::microns_per_pixel)
+  double downsample = 1;                // level-0 pixels per pixel the detector saw
+  int level = 0;                        // the level read (then resized by its downsample / downsample)
+  std::size_t tiles_skipped = 0;        // tiles without tissue, not run
+  std::vector<std::string> tile_errors;  // tiles that could not be read (a corrupt tile): the rest went on
+};
+
 struct AnalysisResult {
-  cv::Size image_size;
-  std::size_t tiles = 0;
+  cv::Size image_size;                  // level-0 pixels: cells' boxes are in them
+  std::size_t tiles = 0;                // tiles planned (with a slide, tiles_skipped of them not run)
+  std::optional<SlideInfo> slide;       // set by analyze(const ImageSource&)
   std::vector<std::string> detector_labels;
   std::vector<std::string> classifier_labels;  // empty without a classifier
   std::vector<Cell> cells;                     // by decreasing detector score
@@ -67,6 +80,27 @@ struct PipelineOptions {
   std::optional<float> uncertain_below;  // in [0, 1]; unset: the classifier's uncertainty_threshold()
 };
 
+// Reading an ImageSource: at the detector's physical scale where both sides know theirs, tile by tile.
+struct SlideOptions {
+  std::optional<double> microns_per_pixel;  // of the source's level 0; overrides the source's own
+  bool skip_background = true;              // tiles with no tissue in the low-resolution mask are not run
+  TissueMaskOptions tissue;
+  int mask_max_side = 4096;                 // the mask's (and overview's) longest side, in pixels
+  std::size_t batch_tiles = 8;              // tiles read and detected together (bounds the pixels in memory)
+};
+
+// What analyze(source) will do, in plain data: a distributed run plans once, detects subsets of the
+// tiles anywhere (detect_tiles), and finishes with every tile's detections (finish), giving the cells
+// a single run gives.
+struct SlidePlan {
+  SlideInfo info;
+  cv::Size working_size;     // the image the detector sees: level 0 / info.downsample
+  std::vector<Tile> tiles;   // regions in working pixels (no pixels)
+  std::vector<char> run;     // per tile: 1 = has tissue, detect it; 0 = background, skipped
+  cv::Mat mask;              // the tissue mask (8-bit, 255 = tissue) of the whole slide
+  double mask_downsample = 1;  // working pixels per mask pixel
+};
+
 // Thread safety: analyze() is const and keeps no state between calls, so one Pipeline may serve
 // several threads at once when its components may; all of bloodcv's components may (detectors and
 // classifiers run TorchScript inference, which is safe to call concurrently). A component written in
@@ -81,6 +115,21 @@ class Pipeline {
   AnalysisResult analyze(const cv::Mat& image) const;      // any image to_bgr8 accepts
   AnalysisResult analyze(const std::string& path) const;  // read_image(path)
 
+  // A source read tile by tile: at most options.batch_tiles tiles' pixels are held at once, so memory does
+  // not grow with the slide's size (the cells and a mask of at most mask_max_side pixels a side do).
+  // A tile that cannot be read is reported in slide->tile_errors and the others go on.
+  // With the detector's microns_per_pixel() and the source's (or options'), the slide is read at the level
+  // and resize that give the detector its training scale; without either, at level 0. Boxes are in
+  // level-0 pixels. For an in-memory source with no tile skipped, the cells equal analyze(image)'s.
+  AnalysisResult analyze(const ImageSource& source, const SlideOptions& options = {}) const;
+  SlidePlan plan(const ImageSource& source, const SlideOptions& options = {}) const;
+  // The tile-local detections of the listed tiles of the plan (indices into plan.tiles), in that order.
+  std::vector<std::vector<Detection>> detect_tiles(const ImageSource& source, const SlidePlan& plan,
+                                                   const std::vector<std::size_t>& tiles) const;
+  // Merges every tile's detections (one vector per plan tile; skipped ones empty), classifies the chosen
+  // cells from crops read from the source, and counts.
+  AnalysisResult finish(const ImageSource& source, const SlidePlan& plan, const std::vector<std::vector<Detection>>& per_tile) const;
+
   const Tiler& tiler() const { return *tiler_; }
   const Detector& detector() const { return *detector_; }
   const Classifier* classifier() const { return classifier_.get(); }
@@ -91,6 +140,10 @@ class Pipeline {
   std::shared_ptr<const Detector> detector_;
   std::shared_ptr<const Classifier> classifier_;
   PipelineOptions options_;
+
+  // Counts and classifies merged detections (working pixels) into result; classify(boxes) types boxes.
+  template <class Classify>
+  void count_and_classify(AnalysisResult& result, std::vector<Detection> merged, Classify&& classify) const;
 };
 
 // Where the default models are: $BLOODCV_MODELS if set, else the models/ folder bloodcv was built from.

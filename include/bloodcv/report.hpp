@@ -8,6 +8,7 @@
 
 #include <opencv2/core.hpp>
 
+#include "bloodcv/image_source.hpp"
 #include "bloodcv/pipeline.hpp"
 
 namespace bloodcv {
@@ -60,7 +61,21 @@ void write_text_file(const std::string& path, const std::string& text);
 
 struct ReportPaths {
   std::string overlay, json, csv, coco;
+  std::string density;  // slides only: the cell-density heat map
 };
+
+// A slide's pictures at a reduced scale: its overview (at most max_side pixels a side, read_overview) with
+// every cell drawn, and a heat map of cell density (cells per square of the overview) over it.
+struct SlideOverview {
+  cv::Mat cells, density;
+  double downsample = 1;  // level-0 pixels per overview pixel
+};
+SlideOverview draw_slide_overview(const ImageSource& source, const AnalysisResult& result, int max_side = 2048);
+
+// A slide's reports: <stem>.overview.jpg (as overlay) and <stem>.density.jpg instead of a full-size overlay,
+// with .json, .csv and .coco.json; all or none, as write_reports.
+ReportPaths write_slide_reports(const ImageSource& source, const AnalysisResult& result, const std::string& out_dir, const std::string& stem,
+                                std::int64_t image_id);
 
 // Writes <out_dir>/<stem>.overlay.jpg, .json, .csv and .coco.json. Each file is written under a
 // temporary name and renamed when complete; if any write fails, none of the four is left behind.

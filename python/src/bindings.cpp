@@ -9,6 +9,7 @@ PYBIND11_MODULE(_core, m) {
   bloodcv::python::bind_geometry(m);
   bloodcv::python::bind_stain(m);
   bloodcv::python::bind_decoders(m);
+  bloodcv::python::bind_sources(m);
   bloodcv::python::bind_runtime(m);
   bloodcv::python::bind_eval(m);
 }

@@ -163,11 +163,26 @@ inline py::array mat_to_numpy(const cv::Mat& mat) {
   return out;
 }
 
+// How a source was read, for AnalysisResult.slide and SlidePlan.info.
+inline py::dict slide_info_dict(const SlideInfo& s) {
+  py::dict d;
+  d["source"] = s.source;
+  d["levels"] = s.levels;
+  d["microns_per_pixel"] = s.microns_per_pixel ? py::cast(*s.microns_per_pixel) : py::none();
+  d["downsample"] = s.downsample;
+  d["level"] = s.level;
+  d["tiles_skipped"] = s.tiles_skipped;
+  d["tile_errors"] = s.tile_errors;
+  return d;
+}
+
 std::shared_ptr<const TileMerger> merger_of(const py::object& merger, const SeamMergeOptions& seam);
 void bind_geometry(py::module_& m);
 void bind_runtime(py::module_& m);
 void bind_stain(py::module_& m);
 void bind_decoders(py::module_& m);
 void bind_eval(py::module_& m);
+void bind_sources(py::module_& m);
+void bind_slide_analysis(py::class_<Pipeline, std::shared_ptr<Pipeline>>& pipeline);
 
 }  // namespace bloodcv::python

@@ -91,6 +91,11 @@ class PyDetector : public Detector {
     const py::function override = py::get_override(static_cast<const Detector*>(this), "tile_size");
     return override ? size_from_python(override(), "tile_size") : Detector::tile_size();
   }
+  std::optional<double> microns_per_pixel() const override {
+    py::gil_scoped_acquire gil;
+    const py::function override = py::get_override(static_cast<const Detector*>(this), "microns_per_pixel");
+    return override ? py::cast<std::optional<double>>(override()) : Detector::microns_per_pixel();
+  }
 };
 
 // Lets a Python class implement Classifier: classify(image, boxes) returns per box the probabilities of
@@ -251,7 +256,10 @@ void bind_runtime(py::module_& m) {
             return py::make_tuple(s.width, s.height);
           },
           "The image area (width, height) in pixels that one input should cover: the scale the model was trained at, "
-          "and the default tile size of a Pipeline. By default input_size().");
+          "and the default tile size of a Pipeline. By default input_size().")
+      .def("microns_per_pixel", &Detector::microns_per_pixel,
+           "Microns per pixel of the training images where known (a model file's \"microns_per_pixel\"), else None: a slide is "
+           "then read at that scale.");
 
   py::class_<TorchScriptDetector, Detector, std::shared_ptr<TorchScriptDetector>>(
       m, "TorchScriptDetector",
@@ -343,7 +351,12 @@ void bind_runtime(py::module_& m) {
       .def_property_readonly(
           "image_size", [](const AnalysisResult& r) { return py::make_tuple(r.image_size.width, r.image_size.height); },
           "(width, height) of the analysed image in pixels.")
-      .def_readonly("tiles", &AnalysisResult::tiles, "How many tiles the image was cut into.")
+      .def_readonly("tiles", &AnalysisResult::tiles, "How many tiles the image was cut into (for a source: planned, skipped ones included).")
+      .def_property_readonly(
+          "slide",
+          [](const AnalysisResult& r) -> py::object { return r.slide ? py::object(slide_info_dict(*r.slide)) : py::none(); },
+          "For a source: {source, levels, microns_per_pixel, downsample (level-0 pixels per detector pixel), level, tiles_skipped}; "
+          "None for an image.")
       .def_readonly("detector_labels", &AnalysisResult::detector_labels, "The detector's label names, by label index.")
       .def_readonly("classifier_labels", &AnalysisResult::classifier_labels, "The classifier's type names, by index (empty without a classifier).")
       .def_readonly("counts", &AnalysisResult::counts, "{detector label: number of cells}, every label listed.")
@@ -435,7 +448,12 @@ void bind_runtime(py::module_& m) {
       .def(
           "analyze",
           [](const Pipeline& self, const py::object& image) {
-            if (image.is_none()) throw py::type_error("image must be a path or a numpy array, got None");
+            if (image.is_none()) throw py::type_error("image must be a path, a numpy array or an ImageSource, got None");
+            if (py::isinstance<ImageSource>(image)) {
+              const ImageSource& source = image.cast<const ImageSource&>();
+              py::gil_scoped_release release;
+              return self.analyze(source);
+            }
             if (py::isinstance<py::str>(image) || py::hasattr(image, "__fspath__")) {
               const std::string path = py::str(py::module_::import("os").attr("fspath")(image));
               py::gil_scoped_release release;
@@ -448,8 +466,10 @@ void bind_runtime(py::module_& m) {
             return self.analyze(mat);
           },
           py::arg("image"),
-          "Analyses one image: a file path, or a BGR numpy image (uint8, uint16, or float32 in [0, 1]) of shape (H, W[, C]). "
-          "Returns an AnalysisResult.");
+          "Analyses one image: a file path, a BGR numpy image (uint8, uint16, or float32 in [0, 1]) of shape (H, W[, C]), or an "
+          "ImageSource (read tile by tile, background skipped: analyze_source with its defaults). Returns an AnalysisResult.");
+  auto pipeline_class = py::reinterpret_borrow<py::class_<Pipeline, std::shared_ptr<Pipeline>>>(m.attr("Pipeline"));
+  bind_slide_analysis(pipeline_class);
 }
 
 }  // namespace bloodcv::python

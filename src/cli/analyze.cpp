@@ -27,12 +27,25 @@ struct AnalyzeCommand {
   std::optional<double> overlap;
   std::optional<int> batch_size;
   std::optional<float> score_threshold, uncertain_below;
-  bool whole_image = false;
+  std::optional<double> mpp;
+  bool whole_image = false, keep_background = false;
 };
 
 // The file types OpenCV decodes (imgcodecs), as a directory is searched for images.
-const char* const kImageExtensions[] = {".jpg", ".jpeg", ".jpe", ".png", ".tif", ".tiff", ".bmp", ".dib", ".webp",
-                                        ".jp2", ".pbm", ".pgm", ".ppm", ".pnm", ".pxm", ".sr", ".ras", ".exr", ".hdr", ".pic"};
+// and the whole-slide formats OpenSlide reads.
+const char* const kImageExtensions[] = {".jpg", ".jpeg", ".jpe", ".png", ".tif", ".tiff", ".bmp", ".dib", ".webp", ".jp2",
+                                        ".pbm", ".pgm", ".ppm", ".pnm", ".pxm", ".sr", ".ras", ".exr", ".hdr", ".pic",
+                                        ".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide"};
+
+// A file read as a whole slide, tile by tile: one OpenSlide opens and that is pyramidal or too large to
+// hold (a small single-level tiled TIFF is read as an image).
+std::unique_ptr<OpenSlideSource> open_as_slide(const fs::path& path) {
+  if (!is_slide(path.string())) return nullptr;
+  auto source = std::make_unique<OpenSlideSource>(path.string());
+  const cv::Size s = source->size();
+  if (source->levels().size() > 1 || static_cast<long long>(s.width) * s.height > (64LL << 20)) return source;
+  return nullptr;
+}
 
 bool is_image_file(const fs::path& p) {
   std::string ext = p.extension().string();
@@ -137,9 +150,27 @@ int run_analyze(const AnalyzeCommand& cmd) {
     const fs::path& path = images[i];
     const auto image_id = static_cast<std::int64_t>(i + 1);
     try {
-      const cv::Mat image = read_image(path.string());
-      AnalysisResult r = pipeline.analyze(image);
-      const ReportPaths written = write_reports(image, r, cmd.out, stems[i], image_id, path.string());
+      AnalysisResult r;
+      ReportPaths written;
+      SlideOptions slide_options;
+      slide_options.microns_per_pixel = cmd.mpp;
+      slide_options.skip_background = !cmd.keep_background;
+      if (const auto slide = open_as_slide(path)) {
+        r = pipeline.analyze(*slide, slide_options);
+        written = write_slide_reports(*slide, r, cmd.out, stems[i], image_id);
+      } else {
+        const cv::Mat image = read_image(path.string());
+        // At a physical scale only where both the image (--mpp) and the detector know theirs.
+        r = cmd.mpp && pipeline.detector().microns_per_pixel() ? pipeline.analyze(MatImageSource(image, path.string(), cmd.mpp), slide_options)
+                                                              : pipeline.analyze(image);
+        written = write_reports(image, r, cmd.out, stems[i], image_id, path.string());
+      }
+      if (r.slide)
+        for (const std::string& error : r.slide->tile_errors)
+          std::cerr << fmt::format("[{}/{}] {}: warning: {} (the other tiles were analysed)\n", i + 1, images.size(), path.string(), error);
+      if (r.slide && r.slide->tiles_skipped)
+        fmt::print("[{}/{}] {}: {} of {} tiles held no tissue and were skipped\n", i + 1, images.size(), path.filename().string(),
+                   r.slide->tiles_skipped, r.tiles);
       fmt::print("[{}/{}] {}: {} cells ({}){} in {:.0f} ms\n", i + 1, images.size(), path.filename().string(), r.cells.size(),
                  counts_line(r.counts), r.type_counts.empty() ? "" : "; types: " + counts_line(r.type_counts), r.timings.total_ms);
       std::fflush(stdout);
@@ -149,6 +180,9 @@ int run_analyze(const AnalyzeCommand& cmd) {
                                    {"type_counts", r.type_counts}, {"differential_percent", r.differential},
                                    {"differential_cells", r.differential_cells}, {"differential_note", r.differential_note},
                                    {"total_ms", r.timings.total_ms}});
+      if (r.slide)
+        summary["images"].back()["slide"] = {{"tiles", r.tiles}, {"tiles_skipped", r.slide->tiles_skipped}, {"downsample", r.slide->downsample},
+                                             {"level", r.slide->level}, {"density", written.density}};
       coco_images.push_back({{"id", image_id}, {"file_name", path.filename().string()}, {"width", r.image_size.width},
                              {"height", r.image_size.height}});
       for (auto& det : json::parse(to_coco_results(r, image_id))) coco_results.push_back(std::move(det));
@@ -204,7 +238,7 @@ int run_analyze(const AnalyzeCommand& cmd) {
 Runner add_analyze_command(CLI::App& app) {
   auto a = std::make_shared<AnalyzeCommand>();
   CLI::App* cmd = app.add_subcommand("analyze", "Find, classify and count the cells of smear images; write overlays, JSON, CSV, COCO");
-  cmd->add_option("images", a->inputs, "Image files or directories of images")->required();
+  cmd->add_option("images", a->inputs, "Image files, whole slides (pyramidal TIFF, SVS, NDPI, MRXS, ...) or directories of them")->required();
   cmd->add_option("--detector", a->detector, "Detector model file (default: models/cell_detector.pt)");
   cmd->add_option("--classifier", a->classifier, "Classifier model file, or 'none' (default: models/wbc_classifier.pt if present)");
   cmd->add_option("--tile", a->tile, "Tile size W or WxH in pixels (default: the detector's tile size, the scale it was trained at)");
@@ -221,6 +255,9 @@ Runner add_analyze_command(CLI::App& app) {
   cmd->add_option("--uncertain-below", a->uncertain_below,
                   "Type cells whose top type probability is below this 'uncertain' (default: the classifier file's threshold)")
       ->check(CLI::Range(0.0, 1.0));
+  cmd->add_option("--mpp", a->mpp, "Microns per pixel of the inputs (level 0): read at the detector's training scale when its model file "
+                                   "records one (default: a slide's own)")->check(CLI::PositiveNumber);
+  cmd->add_flag("--keep-background", a->keep_background, "Run every tile of a slide, also those the tissue mask finds empty");
   cmd->add_option("--device", a->device, "cpu, cuda or cuda:N (default cpu)");
   cmd->add_option("--batch-size", a->batch_size, "Tiles or crops per forward pass (default 8)")->check(CLI::PositiveNumber);
   cmd->add_option("--config", a->config, "JSON pipeline config; options given here override it");
