@@ -127,6 +127,19 @@ void bind_sources(py::module_& m) {
       },
       py::arg("source"), py::arg("result"), py::arg("max_side") = 2048,
       "A slide's pictures at a reduced scale: (overview with every cell drawn, cell-density heat map over it, level-0 pixels per pixel).");
+  m.def(
+      "write_slide_reports",
+      [](const ImageSource& source, const AnalysisResult& result, const std::string& out_dir, const std::string& stem, std::int64_t image_id) {
+        ReportPaths p;
+        {
+          py::gil_scoped_release release;
+          p = write_slide_reports(source, result, out_dir, stem, image_id);
+        }
+        return py::dict(py::arg("overview") = p.overlay, py::arg("density") = p.density, py::arg("json") = p.json, py::arg("csv") = p.csv,
+                        py::arg("coco") = p.coco);
+      },
+      py::arg("source"), py::arg("result"), py::arg("out_dir"), py::arg("stem"), py::arg("image_id") = 1,
+      "Writes STEM.overview.jpg, STEM.density.jpg, STEM.json, STEM.csv, STEM.coco.json (all or none); returns their paths.");
   m.def("is_slide", &is_slide, py::arg("path"), "True when OpenSlide can read the file as a slide.");
   m.def("open_image_source", [](const std::string& path) { return std::shared_ptr<ImageSource>(open_image_source(path)); }, py::arg("path"),
         "An OpenSlideSource for a slide, else a MatImageSource of the image read whole.");

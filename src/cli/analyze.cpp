@@ -29,7 +29,25 @@ struct AnalyzeCommand {
   std::optional<float> score_threshold, uncertain_below;
   std::optional<double> mpp;
   bool whole_image = false, keep_background = false;
+  std::string scheduler;
+  std::optional<int> regions_per_task;
 };
+
+// Many slides on a Dask cluster: bloodcv.distributed does it, with the same options.
+int run_distributed(const AnalyzeCommand& cmd) {
+  if (!cmd.config.empty() || !cmd.tile.empty() || cmd.overlap || cmd.whole_image || !cmd.stain_normalize.empty() || cmd.score_threshold ||
+      cmd.uncertain_below || !cmd.classify_labels.empty() || !cmd.device.empty() || cmd.batch_size)
+    throw std::invalid_argument("--scheduler takes --detector, --classifier, --mpp, --keep-background, --regions-per-task and --out; "
+                                "the other options run without it");
+  std::vector<std::string> args(cmd.inputs.begin(), cmd.inputs.end());
+  args.insert(args.end(), {"--scheduler", cmd.scheduler, "--out", cmd.out});
+  if (!cmd.detector.empty()) args.insert(args.end(), {"--detector", cmd.detector});
+  if (!cmd.classifier.empty()) args.insert(args.end(), {"--classifier", cmd.classifier});
+  if (cmd.mpp) args.insert(args.end(), {"--mpp", fmt::format("{}", *cmd.mpp)});
+  if (cmd.keep_background) args.push_back("--keep-background");
+  if (cmd.regions_per_task) args.insert(args.end(), {"--regions-per-task", std::to_string(*cmd.regions_per_task)});
+  exec_python_module("bloodcv.distributed", args);
+}
 
 // The file types OpenCV decodes (imgcodecs), as a directory is searched for images.
 // and the whole-slide formats OpenSlide reads.
@@ -132,6 +150,7 @@ void prepare_output_dir(const fs::path& out) {
 }
 
 int run_analyze(const AnalyzeCommand& cmd) {
+  if (!cmd.scheduler.empty()) return run_distributed(cmd);
   const PipelineConfig config = resolve_config(cmd);
   const std::vector<fs::path> images = collect_images(cmd.inputs);
   const std::vector<std::string> stems = report_stems(images);
@@ -258,6 +277,9 @@ Runner add_analyze_command(CLI::App& app) {
   cmd->add_option("--mpp", a->mpp, "Microns per pixel of the inputs (level 0): read at the detector's training scale when its model file "
                                    "records one (default: a slide's own)")->check(CLI::PositiveNumber);
   cmd->add_flag("--keep-background", a->keep_background, "Run every tile of a slide, also those the tissue mask finds empty");
+  cmd->add_option("--scheduler", a->scheduler,
+                  "Analyse on a Dask cluster (bloodcv.distributed): local, local:N (N local workers) or tcp://HOST:PORT");
+  cmd->add_option("--regions-per-task", a->regions_per_task, "With --scheduler: tiles per Dask task (default 16)")->check(CLI::PositiveNumber);
   cmd->add_option("--device", a->device, "cpu, cuda or cuda:N (default cpu)");
   cmd->add_option("--batch-size", a->batch_size, "Tiles or crops per forward pass (default 8)")->check(CLI::PositiveNumber);
   cmd->add_option("--config", a->config, "JSON pipeline config; options given here override it");

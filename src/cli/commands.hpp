@@ -5,6 +5,7 @@
 #include <functional>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include <CLI/CLI.hpp>
 #include <opencv2/core.hpp>
@@ -17,6 +18,10 @@ Runner add_tile_command(CLI::App& app);
 Runner add_analyze_command(CLI::App& app);
 Runner add_eval_command(CLI::App& app);
 Runner add_serve_command(CLI::App& app);
+
+// Replaces this process with `PYTHON -m module arguments...` (the Python the package was built for, or
+// $BLOODCV_PYTHON); throws std::runtime_error only when that cannot start.
+[[noreturn]] void exec_python_module(const std::string& module, const std::vector<std::string>& arguments);
 
 // "640" or "640x480".
 inline cv::Size parse_size(const std::string& text, const char* option = "--tile") {
