@@ -3,9 +3,10 @@
     .venv/bin/python benchmarks/run.py nms [--quick]
     .venv/bin/python benchmarks/run.py pipeline [--detector models/cell_detector.pt] [--quick]
     .venv/bin/python benchmarks/run.py assign [--quick]
+    .venv/bin/python benchmarks/run.py slides [--quick]
 
 Everything runs on the CPU with one thread (torch.set_num_threads(1); the C++ benchmark pinned to one core
-where taskset exists). Each case is timed several times on the same data and the median is reported;
+where taskset exists), except the rows and sections that say "all" cores. Each case is timed several times on the same data and the median is reported;
 the ratio is torchvision's median over ours (above 1: we are faster). Both results are checked to be
 the same indices before a time is recorded.
 """
@@ -75,7 +76,7 @@ def machine() -> list[str]:
     except (OSError, ValueError, IndexError):
         pass
     return [
-        f"- CPU: {cpu}, {os.cpu_count()} logical cores{mem}; every case on one thread",
+        f"- CPU: {cpu}, {os.cpu_count()} logical cores{mem}; one thread per case unless a table says otherwise",
         f"- OS: {platform.platform()}",
         f"- Python {platform.python_version()}, torch {torch.__version__}, torchvision {torchvision.__version__}, "
         f"numpy {np.__version__}, bloodcv {bloodcv.__version__}",
@@ -130,7 +131,7 @@ def write_results(section: str, lines: list[str]) -> Path:
     (results / f"{section}.md").write_text("\n".join(lines) + "\n")
     out = ROOT / "benchmarks" / "RESULTS.md"
     parts = ["# Benchmark results", "", "Each section is written by `.venv/bin/python benchmarks/run.py SECTION` "
-             "(sections: nms, pipeline, assign); the machine below is the one the latest section ran on.", "",
+             "(sections: nms, pipeline, assign, slides); the machine below is the one the latest section ran on.", "",
              "## Machine", ""] + machine()
     for f in sorted(results.glob("*.md")):
         parts += ["", f.read_text().rstrip()]
@@ -220,12 +221,17 @@ def main() -> None:
     pipe_p.add_argument("--quick", action="store_true")
     assign_p = sub.add_parser("assign", help="OT Sinkhorn against plain PyTorch, PAA's EM against scikit-learn")
     assign_p.add_argument("--quick", action="store_true")
+    slides_p = sub.add_parser("slides", help="peak memory and time against slide size; Dask scaling from 1 to 2 workers")
+    slides_p.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.section == "nms":
         lines = nms_section(args.quick)
     elif args.section == "assign":
         lines = assign_section(args.quick)
+    elif args.section == "slides":
+        from slide_bench import slides_section
+        lines = slides_section(args.quick)
     else:
         from pipeline_bench import pipeline_section
         lines = pipeline_section(Path(args.detector), Path(args.datasets), args.quick)

@@ -357,7 +357,7 @@ PipelineConfig load_pipeline_config(const std::string& path) {
     const nlohmann::json j = nlohmann::json::parse(in);
     if (!j.is_object()) throw std::runtime_error("the top level must be an object");
     check_keys(j, {"detector", "classifier", "tile", "overlap", "whole_image", "classify_labels", "device", "half", "batch_size",
-                   "score_threshold", "merge", "stain_normalize", "stain_target", "stain_before_detection", "uncertain_below"}, "");
+                   "threads", "optimize", "score_threshold", "merge", "stain_normalize", "stain_target", "stain_before_detection", "uncertain_below"}, "");
     if (j.contains("uncertain_below") && !j.at("uncertain_below").is_null()) c.uncertain_below = j.at("uncertain_below").get<float>();
     if (j.contains("stain_normalize")) c.stain_normalize = j.at("stain_normalize").get<std::string>();
     if (j.contains("stain_target")) {
@@ -379,6 +379,8 @@ PipelineConfig load_pipeline_config(const std::string& path) {
     c.runtime.device = j.value("device", c.runtime.device);
     c.runtime.half = j.value("half", c.runtime.half);
     c.runtime.batch_size = j.value("batch_size", c.runtime.batch_size);
+    c.runtime.threads = j.value("threads", c.runtime.threads);
+    c.runtime.optimize = j.value("optimize", c.runtime.optimize);
     if (j.contains("score_threshold") && !j.at("score_threshold").is_null()) c.score_threshold = j.at("score_threshold").get<float>();
     if (j.contains("merge")) {
       const auto& m = j.at("merge");

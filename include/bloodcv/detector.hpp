@@ -38,6 +38,12 @@ struct RuntimeOptions {
   std::string device = "cpu";  // "cpu", "cuda" or "cuda:N"
   bool half = false;           // float16 on CUDA
   int batch_size = 8;          // images per forward pass
+  // LibTorch's intra-op threads, which are process-wide: 0 leaves them as they are (the CLI asks for every
+  // core); N sets them when the model loads.
+  int threads = 0;
+  // On the CPU, freeze the module and apply LibTorch's inference optimisations (optimize_for_inference)
+  // at load, kept only when its outputs on a test input equal the original's to 1e-4.
+  bool optimize = true;
 };
 
 struct TorchScriptDetectorOptions {
@@ -63,6 +69,7 @@ class TorchScriptDetector final : public Detector {
   cv::Size tile_size() const override;       // the model file's "tile_size", else its input size
   std::optional<double> microns_per_pixel() const override;  // the model file's "microns_per_pixel", if any
   const std::string& metadata_json() const;  // the model file's bloodcv.json
+  bool optimized() const;  // RuntimeOptions::optimize was applied and kept
 
  private:
   struct Impl;

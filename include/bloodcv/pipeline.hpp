@@ -156,7 +156,7 @@ inline constexpr const char* kDefaultClassifierFile = "wbc_classifier.pt";
 //   {"detector": "cell_detector.pt in default_model_dir()",
 //    "classifier": "wbc_classifier.pt in default_model_dir()", or null for none,
 //    "tile": [640, 640] (default: the detector's tile_size()), "overlap": 0.15, "whole_image": false,
-//    "classify_labels": ["WBC"], "device": "cpu", "half": false, "batch_size": 8, "score_threshold": null,
+//    "classify_labels": ["WBC"], "device": "cpu", "half": false, "batch_size": 8, "threads": 0, "optimize": true, "score_threshold": null,
 //    "merge": {"strategy": "seam" | "nmm" | "nms" | "wbf" | "soft-nms" (make_merger), and for seam:
 //              "match_threshold": 0.5, "metric": "iou", "class_aware": true},
 //    "stain_normalize": "none" | "reinhard" | "macenko" (default: the classifier file's "stain"."default", else none),

@@ -41,6 +41,7 @@ class Models:
 
 
 _PIPELINES: dict = {}  # per process: a worker loads each set of models once
+_PLANS: dict = {}      # ... and opens and plans each slide once (its later tasks reuse them)
 
 
 def pipeline_of(models: Models) -> bloodcv.Pipeline:
@@ -59,8 +60,13 @@ def detect_region(path: str, models: Models, tiles: Sequence[int]) -> dict:
     """A region task: the tile-local detections of some planned tiles of one slide, and the tiles that could
     not be read (each tried alone after a failed batch)."""
     pipeline = pipeline_of(models)
-    source = bloodcv.open_image_source(path)
-    plan = _plan(pipeline, source, models)
+    key = (path, models)
+    if key not in _PLANS:
+        if len(_PLANS) >= 4:  # a few slides at a time: a plan holds the slide open and its mask
+            _PLANS.pop(next(iter(_PLANS)))
+        source = bloodcv.open_image_source(path)
+        _PLANS[key] = (source, _plan(pipeline, source, models))
+    source, plan = _PLANS[key]
     try:
         return {"tiles": list(tiles), "detections": pipeline.detect_tiles(source, plan, list(tiles)), "errors": []}
     except RuntimeError:

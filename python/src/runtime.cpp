@@ -156,7 +156,9 @@ std::vector<cv::Mat> images_of(const py::object& images) {
   return mats;
 }
 
-RuntimeOptions runtime_options(const std::string& device, bool half, int batch_size) { return RuntimeOptions{device, half, batch_size}; }
+RuntimeOptions runtime_options(const std::string& device, bool half, int batch_size, int threads, bool optimize) {
+  return RuntimeOptions{device, half, batch_size, threads, optimize};
+}
 
 // Per-cell columns of a result as numpy arrays; unclassified cells have type -1 and score NaN.
 py::dict result_arrays(const AnalysisResult& r) {
@@ -267,17 +269,20 @@ void bind_runtime(py::module_& m) {
       "letterboxing, batching, decoding (YOLOv5 or anchor/RetinaNet outputs) and NMS as the file says. "
       "detect() may be called from several threads at once.")
       .def(py::init([](const std::string& path, const std::string& device, bool half, int batch_size, std::optional<float> score_threshold,
-                       std::optional<double> nms_iou_threshold) {
+                       std::optional<double> nms_iou_threshold, int threads, bool optimize) {
              return std::make_shared<TorchScriptDetector>(
-                 path, TorchScriptDetectorOptions{runtime_options(device, half, batch_size), score_threshold, nms_iou_threshold});
+                 path, TorchScriptDetectorOptions{runtime_options(device, half, batch_size, threads, optimize), score_threshold, nms_iou_threshold});
            }),
            py::arg("path"), py::arg("device") = "cpu", py::arg("half") = false, py::arg("batch_size") = RuntimeOptions{}.batch_size,
-           py::arg("score_threshold") = py::none(), py::arg("nms_iou_threshold") = py::none(), py::call_guard<py::gil_scoped_release>(),
+           py::arg("score_threshold") = py::none(), py::arg("nms_iou_threshold") = py::none(), py::arg("threads") = RuntimeOptions{}.threads,
+           py::arg("optimize") = RuntimeOptions{}.optimize, py::call_guard<py::gil_scoped_release>(),
            "Loads the model file at path.\n\n"
            "device: \"cpu\", \"cuda\" or \"cuda:N\"; half: float16 (CUDA only); batch_size: images per forward pass; "
-           "score_threshold, nms_iou_threshold: in [0, 1], override the file's (None keeps them). "
-           "Raises ValueError for a bad argument, RuntimeError naming the file when it cannot be used.")
-      .def_property_readonly("metadata_json", &TorchScriptDetector::metadata_json, "The model file's description (bloodcv.json) as text.");
+           "score_threshold, nms_iou_threshold: in [0, 1], override the file's (None keeps them); threads: LibTorch's intra-op "
+           "threads, process-wide (0 leaves them); optimize: freeze and optimise the module on the CPU, kept only if its outputs equal "
+           "the original's to 1e-4. Raises ValueError for a bad argument, RuntimeError naming the file when it cannot be used.")
+      .def_property_readonly("metadata_json", &TorchScriptDetector::metadata_json, "The model file's description (bloodcv.json) as text.")
+      .def("optimized", &TorchScriptDetector::optimized, "True when the frozen, optimised module is the one that runs.");
 
   py::class_<Classifier, PyClassifier, std::shared_ptr<Classifier>>(
       m, "Classifier",
@@ -329,15 +334,18 @@ void bind_runtime(py::module_& m) {
       "A bloodcv classification model file run through LibTorch: each box is cropped (clipped to the image) with context "
       "padding, resized and normalised as the file says, and the softmax of the logits gives the probabilities. "
       "A box with no area inside the image raises ValueError. classify() may be called from several threads at once.")
-      .def(py::init([](const std::string& path, const std::string& device, bool half, int batch_size, std::optional<float> crop_padding) {
-             return std::make_shared<TorchScriptClassifier>(path,
-                                                            TorchScriptClassifierOptions{runtime_options(device, half, batch_size), crop_padding});
+      .def(py::init([](const std::string& path, const std::string& device, bool half, int batch_size, std::optional<float> crop_padding,
+                       int threads, bool optimize) {
+             return std::make_shared<TorchScriptClassifier>(
+                 path, TorchScriptClassifierOptions{runtime_options(device, half, batch_size, threads, optimize), crop_padding});
            }),
            py::arg("path"), py::arg("device") = "cpu", py::arg("half") = false, py::arg("batch_size") = RuntimeOptions{}.batch_size, py::arg("crop_padding") = py::none(),
-           py::call_guard<py::gil_scoped_release>(),
+           py::arg("threads") = RuntimeOptions{}.threads, py::arg("optimize") = RuntimeOptions{}.optimize, py::call_guard<py::gil_scoped_release>(),
            "Loads the model file at path.\n\n"
            "device: \"cpu\", \"cuda\" or \"cuda:N\"; half: float16 (CUDA only); batch_size: crops per forward pass; "
-           "crop_padding: context around each box, a fraction of its size per side in [0, 2] (None: the file's).")
+           "crop_padding: context around each box, a fraction of its size per side in [0, 2] (None: the file's); threads, optimize: "
+           "as TorchScriptDetector's.")
+      .def("optimized", &TorchScriptClassifier::optimized, "True when the frozen, optimised module is the one that runs.")
       .def(
           "input_size", [](const TorchScriptClassifier& self) { return py::make_tuple(self.input_size().width, self.input_size().height); },
           "The size (width, height) in pixels each crop is resized to.")

@@ -167,7 +167,8 @@ void bind_sources(py::module_& m) {
 
   py::class_<SlidePlan>(m, "SlidePlan",
                         "What Pipeline.analyze(source) does, as data: the tiles (working pixels), which run, the tissue mask and the scale.")
-      .def_readonly("working_size", &SlidePlan::working_size)
+      .def_property_readonly("working_size", [](const SlidePlan& p) { return py::make_tuple(p.working_size.width, p.working_size.height); },
+                             "The image the detector sees, (width, height): level 0 divided by info[\"downsample\"].")
       .def_property_readonly(
           "regions",
           [](const SlidePlan& p) {

@@ -5,6 +5,7 @@
 #include <iostream>
 #include <set>
 #include <sstream>
+#include <thread>
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
@@ -25,7 +26,8 @@ struct AnalyzeCommand {
   std::string detector, classifier, tile, config, device, classify_labels, stain_normalize;
   std::string out = "out";
   std::optional<double> overlap;
-  std::optional<int> batch_size;
+  std::optional<int> batch_size, threads;
+  bool no_optimize = false;
   std::optional<float> score_threshold, uncertain_below;
   std::optional<double> mpp;
   bool whole_image = false, keep_background = false;
@@ -123,6 +125,9 @@ PipelineConfig resolve_config(const AnalyzeCommand& cmd) {
   if (!cmd.stain_normalize.empty()) c.stain_normalize = cmd.stain_normalize;
   if (!cmd.device.empty()) c.runtime.device = cmd.device;
   if (cmd.batch_size) c.runtime.batch_size = *cmd.batch_size;
+  // Every core unless told otherwise (a config file's "threads", or --threads).
+  c.runtime.threads = cmd.threads ? *cmd.threads : c.runtime.threads ? c.runtime.threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  if (cmd.no_optimize) c.runtime.optimize = false;
   if (cmd.score_threshold) c.score_threshold = *cmd.score_threshold;
   if (cmd.uncertain_below) c.uncertain_below = *cmd.uncertain_below;
   if (!cmd.classify_labels.empty()) {
@@ -282,6 +287,8 @@ Runner add_analyze_command(CLI::App& app) {
   cmd->add_option("--regions-per-task", a->regions_per_task, "With --scheduler: tiles per Dask task (default 16)")->check(CLI::PositiveNumber);
   cmd->add_option("--device", a->device, "cpu, cuda or cuda:N (default cpu)");
   cmd->add_option("--batch-size", a->batch_size, "Tiles or crops per forward pass (default 8)")->check(CLI::PositiveNumber);
+  cmd->add_option("--threads", a->threads, "CPU threads for inference (default: every core)")->check(CLI::PositiveNumber);
+  cmd->add_flag("--no-optimize", a->no_optimize, "Run the model files as they are, without freezing and optimising them at load");
   cmd->add_option("--config", a->config, "JSON pipeline config; options given here override it");
   cmd->add_option("--out", a->out, "Output directory")->capture_default_str();
   cmd->footer(
