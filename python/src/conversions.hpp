@@ -132,6 +132,22 @@ inline std::vector<Detection> detections_of(const FloatArray& boxes, const Float
   return out;
 }
 
+// A dict of "boxes", "scores"[, "labels"][, "predicted_ious"] arrays → detections (validated); `who`
+// names the dict's maker in messages.
+inline std::vector<Detection> detections_from_dict(const py::dict& d, const std::string& who) {
+  if (!d.contains("boxes") || !d.contains("scores"))
+    throw py::value_error(fmt::format("{} must give a dict with \"boxes\" and \"scores\" (and \"labels\", \"predicted_ious\")", who));
+  auto dets = detections_of(to_float_array(d["boxes"]), to_float_array(d["scores"]),
+                            d.contains("labels") ? std::optional<LabelArray>(to_label_array(d["labels"])) : std::nullopt);
+  if (d.contains("predicted_ious")) {
+    const auto ious = to_float_array(d["predicted_ious"]);
+    if (static_cast<std::size_t>(ious.size()) != dets.size())
+      throw py::value_error(fmt::format("{}: {} predicted_ious for {} boxes", who, ious.size(), dets.size()));
+    for (std::size_t i = 0; i < dets.size(); ++i) dets[i].predicted_iou = ious.data()[i];
+  }
+  return dets;
+}
+
 // Detections → {"boxes", "scores", "labels"} numpy arrays.
 inline py::dict detections_to_dict(const std::vector<Detection>& dets) {
   std::vector<Box> boxes;

@@ -23,17 +23,9 @@ class PyOutputDecoder : public OutputDecoder {
       arrays.append(a);
     }
     const py::object result = override(arrays);
-    if (!py::isinstance<py::dict>(result) || !result.contains("boxes") || !result.contains("scores"))
+    if (!py::isinstance<py::dict>(result))
       throw py::value_error("decode() must return a dict with \"boxes\" and \"scores\" (and \"labels\", \"predicted_ious\")");
-    auto dets = detections_of(to_float_array(result["boxes"]), to_float_array(result["scores"]),
-                              result.contains("labels") ? std::optional<LabelArray>(to_label_array(result["labels"])) : std::nullopt);
-    if (result.contains("predicted_ious")) {
-      const auto ious = to_float_array(result["predicted_ious"]);
-      if (static_cast<std::size_t>(ious.size()) != dets.size())
-        throw py::value_error(fmt::format("decode(): {} predicted_ious for {} boxes", ious.size(), dets.size()));
-      for (std::size_t i = 0; i < dets.size(); ++i) dets[i].predicted_iou = ious.data()[i];
-    }
-    return dets;
+    return detections_from_dict(py::cast<py::dict>(result), "decode()");
   }
 };
 

@@ -60,18 +60,6 @@ SlideOptions slide_options(std::optional<double> mpp, bool skip_background, int 
   return o;
 }
 
-std::vector<Detection> detections_from_dict(const py::handle& item) {
-  const py::dict d = py::cast<py::dict>(item);
-  auto dets = detections_of(to_float_array(d["boxes"]), to_float_array(d["scores"]),
-                            d.contains("labels") ? std::optional<LabelArray>(to_label_array(d["labels"])) : std::nullopt);
-  if (d.contains("predicted_ious")) {
-    const auto ious = to_float_array(d["predicted_ious"]);
-    if (static_cast<std::size_t>(ious.size()) != dets.size()) throw py::value_error("predicted_ious and boxes differ in length");
-    for (std::size_t i = 0; i < dets.size(); ++i) dets[i].predicted_iou = ious.data()[i];
-  }
-  return dets;
-}
-
 }  // namespace
 
 void bind_sources(py::module_& m) {
@@ -227,7 +215,7 @@ void bind_slide_analysis(py::class_<Pipeline, std::shared_ptr<Pipeline>>& pipeli
           "finish",
           [](const Pipeline& self, const ImageSource& source, const SlidePlan& plan, const py::list& per_tile) {
             std::vector<std::vector<Detection>> dets;
-            for (const py::handle item : per_tile) dets.push_back(item.is_none() ? std::vector<Detection>{} : detections_from_dict(item));
+            for (const py::handle item : per_tile) dets.push_back(item.is_none() ? std::vector<Detection>{} : detections_from_dict(py::cast<py::dict>(item), "per_tile"));
             py::gil_scoped_release release;
             return self.finish(source, plan, dets);
           },
