@@ -3,6 +3,11 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <condition_variable>
+#include <deque>
+#include <exception>
+#include <mutex>
+#include <thread>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -198,37 +203,43 @@ SlidePlan Pipeline::plan(const ImageSource& source, const SlideOptions& options)
   return plan;
 }
 
-std::vector<std::vector<Detection>> Pipeline::detect_tiles(const ImageSource& source, const SlidePlan& plan,
-                                                           const std::vector<std::size_t>& tiles) const {
-  std::vector<cv::Mat> images;
-  images.reserve(tiles.size());
-  for (const std::size_t i : tiles) {
-    if (i >= plan.tiles.size()) throw std::out_of_range(fmt::format("tile {} of a plan of {} tiles", i, plan.tiles.size()));
-    const Tile& tile = plan.tiles[i];
-    if (tile.whole_image && !read_whole(plan))
-      fail_argument("tile {} is the whole-image pass of a {}x{} source read tile by tile: it is not run", i, plan.working_size.width,
-                    plan.working_size.height);
-    cv::Mat pixels;
-    try {
-      pixels = read_working(source, plan, tile.region);
-    } catch (const ReadError&) {
-      throw;
-    } catch (const std::exception& e) {  // a source written elsewhere (Python) fails in its own words
-      throw ReadError(e.what());
-    }
-    if (options_.stain_normalizer && options_.stain_before_detection) pixels = options_.stain_normalizer->normalize(pixels);
-    // A region smaller than the tiler's tiles (an image smaller than a tile) is padded as the tiler pads it.
-    if (!tile.whole_image) {
-      const std::vector<Tile> own = tiler_->tiles(pixels);
-      if (own.size() == 1 && own[0].region == cv::Rect({0, 0}, pixels.size())) pixels = own[0].image;
-    }
-    images.push_back(pixels);
+cv::Mat Pipeline::tile_pixels(const ImageSource& source, const SlidePlan& plan, std::size_t i) const {
+  if (i >= plan.tiles.size()) throw std::out_of_range(fmt::format("tile {} of a plan of {} tiles", i, plan.tiles.size()));
+  const Tile& tile = plan.tiles[i];
+  if (tile.whole_image && !read_whole(plan))
+    fail_argument("tile {} is the whole-image pass of a {}x{} source read tile by tile: it is not run", i, plan.working_size.width,
+                  plan.working_size.height);
+  cv::Mat pixels;
+  try {
+    pixels = read_working(source, plan, tile.region);
+  } catch (const ReadError&) {
+    throw;
+  } catch (const std::exception& e) {  // a source written elsewhere (Python) fails in its own words
+    throw ReadError(e.what());
   }
+  if (options_.stain_normalizer && options_.stain_before_detection) pixels = options_.stain_normalizer->normalize(pixels);
+  // A region smaller than the tiler's tiles (an image smaller than a tile) is padded as the tiler pads it.
+  if (!tile.whole_image) {
+    const std::vector<Tile> own = tiler_->tiles(pixels);
+    if (own.size() == 1 && own[0].region == cv::Rect({0, 0}, pixels.size())) pixels = own[0].image;
+  }
+  return pixels;
+}
+
+std::vector<std::vector<Detection>> Pipeline::detect_images(const std::vector<cv::Mat>& images) const {
   if (images.empty()) return {};
   auto found = detector_->detect(images);
   if (found.size() != images.size())
     throw std::runtime_error(fmt::format("the detector returned results for {} images, but was given {} tiles", found.size(), images.size()));
   return found;
+}
+
+std::vector<std::vector<Detection>> Pipeline::detect_tiles(const ImageSource& source, const SlidePlan& plan,
+                                                           const std::vector<std::size_t>& tiles) const {
+  std::vector<cv::Mat> images;
+  images.reserve(tiles.size());
+  for (const std::size_t i : tiles) images.push_back(tile_pixels(source, plan, i));
+  return detect_images(images);
 }
 
 AnalysisResult Pipeline::finish(const ImageSource& source, const SlidePlan& plan, const std::vector<std::vector<Detection>>& per_tile) const {
@@ -272,35 +283,125 @@ AnalysisResult Pipeline::finish(const ImageSource& source, const SlidePlan& plan
   return result;
 }
 
+namespace {
+
+// The tiles of one batch as read: an image per tile, or why it could not be read.
+struct ReadBatch {
+  std::vector<std::size_t> tiles;
+  std::vector<cv::Mat> images;
+  std::vector<std::string> errors;  // per tile: empty where it was read
+};
+
+// Batches handed from the reading thread to the detecting one; at most `capacity` wait, so reading runs
+// ahead of detection by that much and no further (bounded memory).
+class BatchQueue {
+ public:
+  explicit BatchQueue(std::size_t capacity) : capacity_(capacity) {}
+  bool push(ReadBatch batch) {  // false once the consumer has stopped
+    std::unique_lock<std::mutex> lock(mutex_);
+    space_.wait(lock, [&] { return batches_.size() < capacity_ || stopped_; });
+    if (stopped_) return false;
+    batches_.push_back(std::move(batch));
+    ready_.notify_one();
+    return true;
+  }
+  std::optional<ReadBatch> pop() {  // empty once the producer is done and nothing is left
+    std::unique_lock<std::mutex> lock(mutex_);
+    ready_.wait(lock, [&] { return !batches_.empty() || done_; });
+    if (batches_.empty()) return std::nullopt;
+    ReadBatch b = std::move(batches_.front());
+    batches_.pop_front();
+    space_.notify_one();
+    return b;
+  }
+  void finish(std::exception_ptr error = nullptr) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    done_ = true;
+    error_ = error;
+    ready_.notify_all();
+  }
+  void stop() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    stopped_ = true;
+    space_.notify_all();
+  }
+  std::exception_ptr error() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return error_;
+  }
+
+ private:
+  std::size_t capacity_;
+  std::deque<ReadBatch> batches_;
+  std::mutex mutex_;
+  std::condition_variable ready_, space_;
+  bool done_ = false, stopped_ = false;
+  std::exception_ptr error_;
+};
+
+std::string tile_error(const SlidePlan& plan, std::size_t i, const std::string& why) {
+  const cv::Rect& r = plan.tiles[i].region;
+  return fmt::format("tile {} (x={} y={} {}x{}): {}", i, r.x, r.y, r.width, r.height, why);
+}
+
+}  // namespace
+
 AnalysisResult Pipeline::analyze(const ImageSource& source, const SlideOptions& options) const {
   Stopwatch total, stage;
   const SlidePlan p = plan(source, options);
   const double planning_ms = stage.lap_ms();
-  std::vector<std::vector<Detection>> per_tile(p.tiles.size());
-  std::vector<std::size_t> batch;
-  std::vector<std::string> tile_errors;
-  const auto flush = [&] {
-    try {
-      auto found = detect_tiles(source, p, batch);
-      for (std::size_t k = 0; k < batch.size(); ++k) per_tile[batch[k]] = std::move(found[k]);
-    } catch (const ReadError&) {  // a tile that cannot be read: find it, keep the others
-      for (const std::size_t i : batch) {
-        try {
-          per_tile[i] = std::move(detect_tiles(source, p, {i}).at(0));
-        } catch (const ReadError& e) {
-          const cv::Rect& r = p.tiles[i].region;
-          tile_errors.push_back(fmt::format("tile {} (x={} y={} {}x{}): {}", i, r.x, r.y, r.width, r.height, e.what()));
-        }
-      }
-    }
-    batch.clear();
-  };
+  std::vector<std::vector<std::size_t>> batches;
   for (std::size_t i = 0; i < p.tiles.size(); ++i) {
     if (!p.run[i]) continue;
-    batch.push_back(i);
-    if (batch.size() == options.batch_tiles) flush();
+    if (batches.empty() || batches.back().size() == options.batch_tiles) batches.emplace_back();
+    batches.back().push_back(i);
   }
-  if (!batch.empty()) flush();
+  // One thread reads (and decodes) the next batches while this one detects.
+  BatchQueue queue(2);
+  std::thread reader([&] {
+    try {
+      for (const auto& tiles : batches) {
+        ReadBatch b{tiles, {}, {}};
+        for (const std::size_t i : tiles) {
+          try {
+            b.images.push_back(tile_pixels(source, p, i));
+            b.errors.emplace_back();
+          } catch (const ReadError& e) {
+            b.images.emplace_back();
+            b.errors.push_back(tile_error(p, i, e.what()));
+          }
+        }
+        if (!queue.push(std::move(b))) break;
+      }
+      queue.finish();
+    } catch (...) {
+      queue.finish(std::current_exception());
+    }
+  });
+  std::vector<std::vector<Detection>> per_tile(p.tiles.size());
+  std::vector<std::string> tile_errors;
+  try {
+    while (auto b = queue.pop()) {
+      std::vector<cv::Mat> images;
+      std::vector<std::size_t> read;
+      for (std::size_t k = 0; k < b->tiles.size(); ++k) {
+        if (!b->errors[k].empty()) {
+          tile_errors.push_back(b->errors[k]);
+          continue;
+        }
+        images.push_back(b->images[k]);
+        read.push_back(b->tiles[k]);
+      }
+      auto found = detect_images(images);
+      for (std::size_t k = 0; k < read.size(); ++k) per_tile[read[k]] = std::move(found[k]);
+    }
+  } catch (...) {
+    queue.stop();
+    reader.join();
+    throw;
+  }
+  reader.join();
+  if (const std::exception_ptr error = queue.error()) std::rethrow_exception(error);
   const double detection_ms = stage.lap_ms();
   AnalysisResult result = finish(source, p, per_tile);
   result.slide->tile_errors = std::move(tile_errors);
@@ -309,7 +410,6 @@ AnalysisResult Pipeline::analyze(const ImageSource& source, const SlideOptions& 
   result.timings.total_ms = total.lap_ms();
   return result;
 }
-
 
 Differential differential_of(const std::map<std::string, int>& type_counts) {
   Differential d;

@@ -117,7 +117,8 @@ class Pipeline {
 
   // A source read tile by tile: at most options.batch_tiles tiles' pixels are held at once, so memory does
   // not grow with the slide's size (the cells and a mask of at most mask_max_side pixels a side do).
-  // A tile that cannot be read is reported in slide->tile_errors and the others go on.
+  // A tile that cannot be read is reported in slide->tile_errors and the others go on. A second thread
+  // reads the next batches (at most two ahead) while this one detects.
   // With the detector's microns_per_pixel() and the source's (or options'), the slide is read at the level
   // and resize that give the detector its training scale; without either, at level 0. Boxes are in
   // level-0 pixels. For an in-memory source with no tile skipped, the cells equal analyze(image)'s.
@@ -141,6 +142,9 @@ class Pipeline {
   std::shared_ptr<const Classifier> classifier_;
   PipelineOptions options_;
 
+  // A planned tile's pixels, padded and normalised as the detector gets them; ReadError when unreadable.
+  cv::Mat tile_pixels(const ImageSource& source, const SlidePlan& plan, std::size_t tile) const;
+  std::vector<std::vector<Detection>> detect_images(const std::vector<cv::Mat>& images) const;
   // Counts and classifies merged detections (working pixels) into result; classify(boxes) types boxes.
   template <class Classify>
   void count_and_classify(AnalysisResult& result, std::vector<Detection> merged, Classify&& classify) const;
