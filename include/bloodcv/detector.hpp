@@ -42,8 +42,7 @@ struct RuntimeOptions {
   // core); N sets them when the model loads.
   int threads = 0;
   // On the CPU, freeze the module and apply LibTorch's inference optimisations (optimize_for_inference)
-  // at load, kept only when its outputs on a probe batch equal the original's to 1e-4 and it runs that
-  // batch no slower.
+  // at load, kept only when its outputs on a test input equal the original's to 1e-4.
   bool optimize = true;
 };
 

@@ -280,7 +280,7 @@ void bind_runtime(py::module_& m) {
            "device: \"cpu\", \"cuda\" or \"cuda:N\"; half: float16 (CUDA only); batch_size: images per forward pass; "
            "score_threshold, nms_iou_threshold: in [0, 1], override the file's (None keeps them); threads: LibTorch's intra-op "
            "threads, process-wide (0 leaves them); optimize: freeze and optimise the module on the CPU, kept only if its outputs equal "
-           "the original's to 1e-4 and it runs a probe batch no slower. Raises ValueError for a bad argument, RuntimeError naming the file when it cannot be used.")
+           "the original's to 1e-4. Raises ValueError for a bad argument, RuntimeError naming the file when it cannot be used.")
       .def_property_readonly("metadata_json", &TorchScriptDetector::metadata_json, "The model file's description (bloodcv.json) as text.")
       .def("optimized", &TorchScriptDetector::optimized, "True when the frozen, optimised module is the one that runs.");
 

@@ -1,5 +1,5 @@
-"""Inference options: the model frozen and optimised at load (kept where it is equal and no slower) gives the
-detections of the model as it is; threads are checked."""
+"""Inference options: the model frozen and optimised at load gives the detections of the model as it is;
+threads are checked."""
 import numpy as np
 import pytest
 
@@ -14,8 +14,7 @@ MODELS = bloodcv.default_model_dir()
 @pytest.mark.parametrize("name", ["cell_detector", "retinanet_pan_iou"])
 def test_an_optimised_detector_finds_what_the_plain_one_finds(name):
     image = cv2.imread(str(SMEAR))
-    # on one thread the optimised module is the faster one (measured ~1.6x), so it is kept
-    fast = bloodcv.TorchScriptDetector(f"{MODELS}/{name}.pt", threads=1)
+    fast = bloodcv.TorchScriptDetector(f"{MODELS}/{name}.pt")
     plain = bloodcv.TorchScriptDetector(f"{MODELS}/{name}.pt", optimize=False)
     assert fast.optimized() and not plain.optimized()
     (a,), (b,) = fast.detect([image]), plain.detect([image])
@@ -27,7 +26,7 @@ def test_an_optimised_detector_finds_what_the_plain_one_finds(name):
 def test_an_optimised_classifier_types_as_the_plain_one():
     image = cv2.imread(str(SMEAR))
     box = np.array([[72.4, 303.0, 285.0, 480.0]], np.float32)
-    fast = bloodcv.TorchScriptClassifier(f"{MODELS}/wbc_classifier.pt", threads=1)
+    fast = bloodcv.TorchScriptClassifier(f"{MODELS}/wbc_classifier.pt")
     plain = bloodcv.TorchScriptClassifier(f"{MODELS}/wbc_classifier.pt", optimize=False)
     assert fast.optimized()
     assert np.allclose(fast.classify(image, box)["probabilities"], plain.classify(image, box)["probabilities"], atol=1e-4)
