@@ -55,9 +55,10 @@ struct OpenSlideSource::Impl {
   std::string path;
   // After a failed read an OpenSlide handle stays in error: it is reopened, under the lock that reads hold.
   std::mutex lock;
-  openslide_t* slide = nullptr;
+  openslide_t* slide = nullptr;  // owned: closed with the Impl, also when the constructor fails half-way
   std::vector<SourceLevel> levels;
   std::optional<double> mpp;
+  ~Impl();
 };
 
 namespace {
@@ -70,21 +71,9 @@ namespace {
 
 OpenSlideSource::OpenSlideSource(const std::string& path) : impl_(std::make_unique<Impl>()) {
   impl_->path = path;
-  if (!openslide_detect_vendor(path.c_str())) {
-    // OpenSlide recognises a file by its format; a generic tiled TIFF has no vendor but opens.
-    openslide_t* probe = openslide_open(path.c_str());
-    if (!probe) fail_open(path, "not a slide OpenSlide can read (missing, or not a tiled TIFF, SVS, NDPI, MRXS, ...)");
-    impl_->slide = probe;
-  } else {
-    impl_->slide = openslide_open(path.c_str());
-  }
-  if (!impl_->slide) fail_open(path, "OpenSlide could not open it");
-  if (const char* error = openslide_get_error(impl_->slide)) {
-    const std::string why = error;
-    openslide_close(impl_->slide);
-    impl_->slide = nullptr;
-    fail_open(path, why);
-  }
+  impl_->slide = openslide_open(path.c_str());
+  if (!impl_->slide) fail_open(path, "not a slide OpenSlide can read (missing, or not a tiled TIFF, SVS, NDPI, MRXS, ...)");
+  if (const char* error = openslide_get_error(impl_->slide)) fail_open(path, error);
   const int count = openslide_get_level_count(impl_->slide);
   for (int level = 0; level < count; ++level) {
     int64_t w = 0, h = 0;
@@ -111,9 +100,11 @@ OpenSlideSource::OpenSlideSource(const std::string& path) : impl_(std::make_uniq
   }
 }
 
-OpenSlideSource::~OpenSlideSource() {
-  if (impl_ && impl_->slide) openslide_close(impl_->slide);
+OpenSlideSource::Impl::~Impl() {
+  if (slide) openslide_close(slide);
 }
+
+OpenSlideSource::~OpenSlideSource() = default;
 
 std::vector<SourceLevel> OpenSlideSource::levels() const { return impl_->levels; }
 std::optional<double> OpenSlideSource::microns_per_pixel() const { return impl_->mpp; }

@@ -140,11 +140,10 @@ def analyze_many(paths: Sequence[str], out_dir, scheduler=None, regions_per_task
         used = set()
         for index, slide in enumerate(slides):
             result = pipeline.finish(slide["source"], slide["plan"], per_slide[index])
-            stem = Path(slide["path"]).stem
-            for k in range(2, 1000):
-                if stem not in used:
-                    break
-                stem = f"{Path(slide['path']).stem}-{k}"
+            base = stem = Path(slide["path"]).stem  # a later slide of the same name gets -2, -3, ... as in bloodcv analyze
+            k = 2
+            while stem in used:
+                stem, k = f"{base}-{k}", k + 1
             used.add(stem)
             written = bloodcv.write_slide_reports(slide["source"], result, str(out), stem, index + 1)
             summary["slides"].append({"path": slide["path"], "report": written["json"], "cells": len(result),

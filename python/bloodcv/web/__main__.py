@@ -38,6 +38,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
+    from sqlalchemy import select
+
     from . import auth
     from .app import Settings
     from .db import User, make_engine, make_sessionmaker
@@ -51,7 +53,7 @@ def main(argv=None) -> int:
                 continue
             username, password, role = parse_user(text, role)
             with sessions() as db:
-                if text is args.admin and db.query(User).filter(User.username == username).first():
+                if text is args.admin and db.scalar(select(User).where(User.username == username)):
                     continue
                 auth.create_user(db, username, password, role)
                 print(f"created {role} {username}", file=sys.stderr)
