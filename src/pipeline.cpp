@@ -456,7 +456,7 @@ PipelineConfig load_pipeline_config(const std::string& path) {
   try {
     const nlohmann::json j = nlohmann::json::parse(in);
     if (!j.is_object()) throw std::runtime_error("the top level must be an object");
-    check_keys(j, {"detector", "classifier", "tile", "overlap", "whole_image", "classify_labels", "device", "half", "batch_size",
+    check_keys(j, {"detector", "classifier", "tile", "overlap", "whole_image", "classify_labels", "device", "precision", "batch_size",
                    "threads", "optimize", "score_threshold", "merge", "stain_normalize", "stain_target", "stain_before_detection", "uncertain_below"}, "");
     if (j.contains("uncertain_below") && !j.at("uncertain_below").is_null()) c.uncertain_below = j.at("uncertain_below").get<float>();
     if (j.contains("stain_normalize")) c.stain_normalize = j.at("stain_normalize").get<std::string>();
@@ -477,7 +477,7 @@ PipelineConfig load_pipeline_config(const std::string& path) {
     c.whole_image = j.value("whole_image", c.whole_image);
     c.classify_labels = j.value("classify_labels", c.classify_labels);
     c.runtime.device = j.value("device", c.runtime.device);
-    c.runtime.half = j.value("half", c.runtime.half);
+    c.runtime.precision = j.value("precision", c.runtime.precision);
     c.runtime.batch_size = j.value("batch_size", c.runtime.batch_size);
     c.runtime.threads = j.value("threads", c.runtime.threads);
     c.runtime.optimize = j.value("optimize", c.runtime.optimize);

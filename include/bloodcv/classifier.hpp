@@ -55,7 +55,7 @@ class TorchScriptClassifier final : public Classifier {
   float temperature() const;                     // the file's calibration.temperature, else 1
   cv::Size input_size() const;
   const std::string& metadata_json() const;
-  bool optimized() const;  // RuntimeOptions::optimize was applied and kept
+  bool optimized() const;  // RuntimeOptions::optimize was applied and kept (it runs on one thread)
 
  private:
   struct Impl;

@@ -32,12 +32,13 @@ class Models:
     classifier: Optional[str] = ""      # "" the default, None no classifier
     microns_per_pixel: Optional[float] = None
     skip_background: bool = True
+    precision: str = "float32"          # RuntimeOptions::precision of both networks
 
     def resolved(self) -> "Models":
         models = Path(bloodcv.default_model_dir())
         return Models(self.detector or str(models / "cell_detector.pt"),
                       None if self.classifier is None else (self.classifier or str(models / "wbc_classifier.pt")),
-                      self.microns_per_pixel, self.skip_background)
+                      self.microns_per_pixel, self.skip_background, self.precision)
 
 
 _PIPELINES: dict = {}  # per process: a worker loads each set of models once
@@ -46,8 +47,8 @@ _PLANS: dict = {}      # ... and opens and plans each slide once (its later task
 
 def pipeline_of(models: Models) -> bloodcv.Pipeline:
     if models not in _PIPELINES:
-        detector = bloodcv.TorchScriptDetector(models.detector)
-        classifier = bloodcv.TorchScriptClassifier(models.classifier) if models.classifier else None
+        detector = bloodcv.TorchScriptDetector(models.detector, precision=models.precision)
+        classifier = bloodcv.TorchScriptClassifier(models.classifier, precision=models.precision) if models.classifier else None
         _PIPELINES[models] = bloodcv.Pipeline(detector, classifier)
     return _PIPELINES[models]
 
@@ -102,14 +103,14 @@ def connect(scheduler: Optional[str], timeout: float = 30.0):
 
 def analyze_many(paths: Sequence[str], out_dir, scheduler=None, regions_per_task: int = 16, detector: str = "",
                  classifier: Optional[str] = "", microns_per_pixel: Optional[float] = None, skip_background: bool = True,
-                 client=None, timeout: float = 30.0, log=print) -> dict:
+                 precision: str = "float32", client=None, timeout: float = 30.0, log=print) -> dict:
     """Analyses every slide (or image) of paths on a Dask cluster and writes, per slide, the reports
     `bloodcv analyze` writes for a slide (STEM.json, .csv, .coco.json, .overview.jpg, .density.jpg) and
     summary.json over all of them. regions_per_task: tiles per task. scheduler as connect(); or pass a
-    client. Returns the summary."""
+    client. precision: of the networks (float32, bfloat16, float16 on CUDA). Returns the summary."""
     if regions_per_task < 1:
         raise ValueError(f"regions_per_task must be >= 1, got {regions_per_task}")
-    models = Models(detector, classifier, microns_per_pixel, skip_background).resolved()
+    models = Models(detector, classifier, microns_per_pixel, skip_background, precision).resolved()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     own_client = client is None
@@ -175,6 +176,8 @@ def main(argv=None) -> int:
     p.add_argument("--classifier", default="", help="classifier model file, or none (default: the bundled one)")
     p.add_argument("--mpp", type=float, default=None, help="microns per pixel of the slides' level 0 (default: each slide's own)")
     p.add_argument("--keep-background", action="store_true", help="run every tile, also those without tissue")
+    p.add_argument("--precision", default="float32", choices=("float32", "bfloat16", "float16"),
+                   help="arithmetic of the networks (default: %(default)s)")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for a scheduler (default: %(default)s)")
     args = p.parse_args(argv)
     # Through the imported module, not __main__: workers then import the task functions by name instead of
@@ -182,8 +185,8 @@ def main(argv=None) -> int:
     from bloodcv.distributed import analyze_many as run
     try:
         run(args.slides, args.out, args.scheduler, args.regions_per_task, args.detector,
-                     None if args.classifier == "none" else args.classifier, args.mpp, not args.keep_background,
-                     timeout=args.timeout)
+            None if args.classifier == "none" else args.classifier, args.mpp, not args.keep_background,
+            args.precision, timeout=args.timeout)
     except (TimeoutError, ValueError, RuntimeError, OSError) as e:
         print(f"bloodcv analyze: error: {e}", file=sys.stderr)
         return 1

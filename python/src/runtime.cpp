@@ -156,8 +156,8 @@ std::vector<cv::Mat> images_of(const py::object& images) {
   return mats;
 }
 
-RuntimeOptions runtime_options(const std::string& device, bool half, int batch_size, int threads, bool optimize) {
-  return RuntimeOptions{device, half, batch_size, threads, optimize};
+RuntimeOptions runtime_options(const std::string& device, const std::string& precision, int batch_size, int threads, bool optimize) {
+  return RuntimeOptions{device, precision, batch_size, threads, optimize};
 }
 
 // Per-cell columns of a result as numpy arrays; unclassified cells have type -1 and score NaN.
@@ -268,16 +268,16 @@ void bind_runtime(py::module_& m) {
       "A bloodcv detection model file (TorchScript with its description, docs/model_format.md) run through LibTorch: "
       "letterboxing, batching, decoding (YOLOv5 or anchor/RetinaNet outputs) and NMS as the file says. "
       "detect() may be called from several threads at once.")
-      .def(py::init([](const std::string& path, const std::string& device, bool half, int batch_size, std::optional<float> score_threshold,
+      .def(py::init([](const std::string& path, const std::string& device, const std::string& precision, int batch_size, std::optional<float> score_threshold,
                        std::optional<double> nms_iou_threshold, int threads, bool optimize) {
              return std::make_shared<TorchScriptDetector>(
-                 path, TorchScriptDetectorOptions{runtime_options(device, half, batch_size, threads, optimize), score_threshold, nms_iou_threshold});
+                 path, TorchScriptDetectorOptions{runtime_options(device, precision, batch_size, threads, optimize), score_threshold, nms_iou_threshold});
            }),
-           py::arg("path"), py::arg("device") = "cpu", py::arg("half") = false, py::arg("batch_size") = RuntimeOptions{}.batch_size,
+           py::arg("path"), py::arg("device") = "cpu", py::arg("precision") = RuntimeOptions{}.precision, py::arg("batch_size") = RuntimeOptions{}.batch_size,
            py::arg("score_threshold") = py::none(), py::arg("nms_iou_threshold") = py::none(), py::arg("threads") = RuntimeOptions{}.threads,
            py::arg("optimize") = RuntimeOptions{}.optimize, py::call_guard<py::gil_scoped_release>(),
            "Loads the model file at path.\n\n"
-           "device: \"cpu\", \"cuda\" or \"cuda:N\"; half: float16 (CUDA only); batch_size: images per forward pass; "
+           "device: \"cpu\", \"cuda\" or \"cuda:N\"; precision: \"float32\", \"bfloat16\" (fast on CPUs with AVX512-BF16/AMX) or \"float16\" (CUDA only); batch_size: images per forward pass; "
            "score_threshold, nms_iou_threshold: in [0, 1], override the file's (None keeps them); threads: LibTorch's intra-op "
            "threads, process-wide (0 leaves them); optimize: freeze and optimise the module on the CPU, kept only if its outputs equal "
            "the original's to 1e-4. Raises ValueError for a bad argument, RuntimeError naming the file when it cannot be used.")
@@ -334,15 +334,15 @@ void bind_runtime(py::module_& m) {
       "A bloodcv classification model file run through LibTorch: each box is cropped (clipped to the image) with context "
       "padding, resized and normalised as the file says, and the softmax of the logits gives the probabilities. "
       "A box with no area inside the image raises ValueError. classify() may be called from several threads at once.")
-      .def(py::init([](const std::string& path, const std::string& device, bool half, int batch_size, std::optional<float> crop_padding,
+      .def(py::init([](const std::string& path, const std::string& device, const std::string& precision, int batch_size, std::optional<float> crop_padding,
                        int threads, bool optimize) {
              return std::make_shared<TorchScriptClassifier>(
-                 path, TorchScriptClassifierOptions{runtime_options(device, half, batch_size, threads, optimize), crop_padding});
+                 path, TorchScriptClassifierOptions{runtime_options(device, precision, batch_size, threads, optimize), crop_padding});
            }),
-           py::arg("path"), py::arg("device") = "cpu", py::arg("half") = false, py::arg("batch_size") = RuntimeOptions{}.batch_size, py::arg("crop_padding") = py::none(),
+           py::arg("path"), py::arg("device") = "cpu", py::arg("precision") = RuntimeOptions{}.precision, py::arg("batch_size") = RuntimeOptions{}.batch_size, py::arg("crop_padding") = py::none(),
            py::arg("threads") = RuntimeOptions{}.threads, py::arg("optimize") = RuntimeOptions{}.optimize, py::call_guard<py::gil_scoped_release>(),
            "Loads the model file at path.\n\n"
-           "device: \"cpu\", \"cuda\" or \"cuda:N\"; half: float16 (CUDA only); batch_size: crops per forward pass; "
+           "device: \"cpu\", \"cuda\" or \"cuda:N\"; precision: \"float32\", \"bfloat16\" (fast on CPUs with AVX512-BF16/AMX) or \"float16\" (CUDA only); batch_size: crops per forward pass; "
            "crop_padding: context around each box, a fraction of its size per side in [0, 2] (None: the file's); threads, optimize: "
            "as TorchScriptDetector's.")
       .def("optimized", &TorchScriptClassifier::optimized, "True when the frozen, optimised module is the one that runs.")
@@ -450,7 +450,7 @@ void bind_runtime(py::module_& m) {
           "from_config", [](const std::string& path) { return std::make_shared<Pipeline>(make_pipeline(load_pipeline_config(path))); },
           py::arg("path"),
           "A pipeline of bloodcv's own components from a JSON config file: {\"detector\", \"classifier\" (null: none), \"tile\": [w, h], "
-          "\"overlap\", \"whole_image\", \"classify_labels\", \"device\", \"half\", \"batch_size\", \"score_threshold\", \"merge\": "
+          "\"overlap\", \"whole_image\", \"classify_labels\", \"device\", \"precision\", \"batch_size\", \"threads\", \"optimize\", \"score_threshold\", \"merge\": "
           "{\"match_threshold\", \"metric\", \"class_aware\"}}. Every key is optional (absent model keys mean the bundled models); "
           "an unknown key is an error; model paths are relative to the file.")
       .def(

@@ -23,7 +23,7 @@ namespace {
 
 struct AnalyzeCommand {
   std::vector<std::string> inputs;
-  std::string detector, classifier, tile, config, device, classify_labels, stain_normalize;
+  std::string detector, classifier, tile, config, device, precision, classify_labels, stain_normalize;
   std::string out = "out";
   std::optional<double> overlap;
   std::optional<int> batch_size, threads;
@@ -39,7 +39,7 @@ struct AnalyzeCommand {
 int run_distributed(const AnalyzeCommand& cmd) {
   if (!cmd.config.empty() || !cmd.tile.empty() || cmd.overlap || cmd.whole_image || !cmd.stain_normalize.empty() || cmd.score_threshold ||
       cmd.uncertain_below || !cmd.classify_labels.empty() || !cmd.device.empty() || cmd.batch_size)
-    throw std::invalid_argument("--scheduler takes --detector, --classifier, --mpp, --keep-background, --regions-per-task and --out; "
+    throw std::invalid_argument("--scheduler takes --detector, --classifier, --mpp, --keep-background, --precision, --regions-per-task and --out; "
                                 "the other options run without it");
   std::vector<std::string> args(cmd.inputs.begin(), cmd.inputs.end());
   args.insert(args.end(), {"--scheduler", cmd.scheduler, "--out", cmd.out});
@@ -47,6 +47,7 @@ int run_distributed(const AnalyzeCommand& cmd) {
   if (!cmd.classifier.empty()) args.insert(args.end(), {"--classifier", cmd.classifier});
   if (cmd.mpp) args.insert(args.end(), {"--mpp", fmt::format("{}", *cmd.mpp)});
   if (cmd.keep_background) args.push_back("--keep-background");
+  if (!cmd.precision.empty()) args.insert(args.end(), {"--precision", cmd.precision});
   if (cmd.regions_per_task) args.insert(args.end(), {"--regions-per-task", std::to_string(*cmd.regions_per_task)});
   exec_python_module("bloodcv.distributed", args);
 }
@@ -124,6 +125,7 @@ PipelineConfig resolve_config(const AnalyzeCommand& cmd) {
   if (cmd.whole_image) c.whole_image = true;
   if (!cmd.stain_normalize.empty()) c.stain_normalize = cmd.stain_normalize;
   if (!cmd.device.empty()) c.runtime.device = cmd.device;
+  if (!cmd.precision.empty()) c.runtime.precision = cmd.precision;
   if (cmd.batch_size) c.runtime.batch_size = *cmd.batch_size;
   // Every core unless told otherwise (a config file's "threads", or --threads).
   c.runtime.threads = cmd.threads ? *cmd.threads : c.runtime.threads ? c.runtime.threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
@@ -286,6 +288,10 @@ Runner add_analyze_command(CLI::App& app) {
                   "Analyse on a Dask cluster (bloodcv.distributed): local, local:N (N local workers) or tcp://HOST:PORT");
   cmd->add_option("--regions-per-task", a->regions_per_task, "With --scheduler: tiles per Dask task (default 16)")->check(CLI::PositiveNumber);
   cmd->add_option("--device", a->device, "cpu, cuda or cuda:N (default cpu)");
+  cmd->add_option("--precision", a->precision,
+                  "Arithmetic of the networks: float32 (default), bfloat16 (about 1.8x faster on CPUs with AVX512-BF16 or AMX; "
+                  "emulated and slower on others) or float16 (CUDA only)")
+      ->check(CLI::IsMember({"float32", "bfloat16", "float16"}));
   cmd->add_option("--batch-size", a->batch_size, "Tiles or crops per forward pass (default 8)")->check(CLI::PositiveNumber);
   cmd->add_option("--threads", a->threads, "CPU threads for inference (default: every core)")->check(CLI::PositiveNumber);
   cmd->add_flag("--no-optimize", a->no_optimize, "Run the model files as they are, without freezing and optimising them at load");

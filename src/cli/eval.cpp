@@ -17,7 +17,7 @@ namespace bloodcv::cli {
 namespace {
 
 struct EvalCommand {
-  std::string gt, format, images, labels, split, pred, detector, tile, out = "eval", max_dets = "1,10,100";
+  std::string gt, format, images, labels, split, pred, detector, tile, precision, out = "eval", max_dets = "1,10,100";
   std::optional<double> overlap;
   std::optional<float> score_threshold;
   bool only_predicted = false;
@@ -64,6 +64,7 @@ std::string predict(const EvalCommand& cmd, const eval::GroundTruth& gt) {
   if (!cmd.tile.empty()) config.tile = parse_size(cmd.tile);
   if (cmd.overlap) config.overlap = *cmd.overlap;
   config.score_threshold = cmd.score_threshold;
+  if (!cmd.precision.empty()) config.runtime.precision = cmd.precision;
   const Pipeline pipeline = make_pipeline(config);
   std::map<std::string, fs::path> files;
   for (const auto& e : fs::directory_iterator(cmd.images))
@@ -136,6 +137,8 @@ Runner add_eval_command(CLI::App& app) {
   cmd->add_option("--images", e->images, "Image directory (for --detector, and for YOLO image sizes)");
   cmd->add_option("--tile", e->tile, "Tile size W or WxH for --detector (default: its tile size)");
   cmd->add_option("--overlap", e->overlap, "Tile overlap for --detector (default 0.15)");
+  cmd->add_option("--precision", e->precision, "Arithmetic of --detector: float32 (default), bfloat16 or float16 (CUDA only)")
+      ->check(CLI::IsMember({"float32", "bfloat16", "float16"}));
   cmd->add_option("--score-threshold", e->score_threshold, "Detector score threshold for --detector (default: the model file's)")
       ->check(CLI::Range(0.0, 1.0));
   cmd->add_option("--max-dets", e->max_dets, "Comma-separated COCO max detections per image (AP at the largest)")->capture_default_str();

@@ -66,6 +66,45 @@ TEST_CASE("letterboxed images map back to their own pixels", "[models]") {
   CHECK(results[1].empty());
 }
 
+TEST_CASE("images prepared and decoded in parallel keep their order, in float32 and in bfloat16", "[models]") {
+  // Five images in batches of two: each result must hold its own image's marks. In bfloat16 the marks'
+  // corners (integers below 256) are exact, so the boxes are too.
+  std::vector<cv::Rect> marks;
+  std::vector<cv::Mat> images;
+  for (int i = 0; i < 5; ++i) {
+    marks.emplace_back(10 + 20 * i, 30 + 10 * i, 40 + 4 * i, 50);
+    images.push_back(smear({256, 256}, {marks.back()}, {}));
+  }
+  for (const char* precision : {"float32", "bfloat16"}) {
+    TorchScriptDetectorOptions options;
+    options.runtime.batch_size = 2;
+    options.runtime.precision = precision;
+    const auto results = TorchScriptDetector(model("marker_yolo.pt"), options).detect(images);
+    REQUIRE(results.size() == 5);
+    for (std::size_t i = 0; i < 5; ++i) {
+      INFO(precision << ", image " << i);
+      REQUIRE(results[i].size() == 1);
+      CHECK(results[i][0].box == box_of(marks[i]));
+      CHECK(results[i][0].label == 0);
+    }
+  }
+  // An error inside the parallel preparation reaches the caller with its type and the image's index.
+  images.insert(images.begin() + 3, cv::Mat());
+  TorchScriptDetectorOptions options;
+  options.runtime.batch_size = 4;
+  const TorchScriptDetector detector(model("marker_yolo.pt"), options);
+  CHECK_THROWS_AS(detector.detect(images), std::invalid_argument);
+  CHECK_THROWS_WITH(detector.detect(images), Contains("images[3] is empty"));
+}
+
+TEST_CASE("a precision the device cannot run is refused", "[models][errors]") {
+  TorchScriptDetectorOptions options;
+  options.runtime.precision = "float16";
+  CHECK_THROWS_WITH(TorchScriptDetector(model("marker_yolo.pt"), options), Contains("float16 needs a CUDA device"));
+  options.runtime.precision = "int8";
+  CHECK_THROWS_AS(TorchScriptDetector(model("marker_yolo.pt"), options), std::invalid_argument);
+}
+
 TEST_CASE("anchor detector with IoU branch decodes its fixed output", "[models]") {
   const TorchScriptDetector detector(model("fixed_anchor.pt"));
   CHECK(detector.input_size() == cv::Size(64, 64));
