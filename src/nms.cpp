@@ -30,7 +30,7 @@ void ScoredBoxes::validate() const {
     fail_argument("at most 2^31 - 1 boxes are supported, got {}", boxes.size());
   validate_boxes(boxes, "boxes");
   for (std::size_t i = 0; i < scores.size(); ++i)
-    if (std::isnan(scores[i])) fail_argument("scores[{}] is NaN", i);
+    if (!std::isfinite(scores[i])) fail_argument("scores[{}] is {}: scores must be finite", i, scores[i]);
   for (std::size_t i = 0; i < predicted_ious.size(); ++i)
     if (!(predicted_ious[i] >= 0.f && predicted_ious[i] <= 1.f))
       fail_argument("predicted_ious[{}] = {} must be in [0, 1]", i, predicted_ious[i]);

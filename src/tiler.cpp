@@ -10,18 +10,20 @@ using detail::fail_argument;
 
 namespace {
 
-// Start positions along one axis: steps of tile - overlap, the last one moved back to end at the border.
+// How many tiles cover one axis: steps of tile - overlap, the last one moved back to end at the border.
+// In 64 bits: a tile near INT_MAX would overflow the position.
+long long tile_count(int length, int tile, int overlap) {
+  if (length <= tile) return 1;
+  const long long step = tile - overlap;
+  return (static_cast<long long>(length) - tile + step - 1) / step + 1;
+}
+
 std::vector<int> tile_starts(int length, int tile, int overlap) {
-  if (length <= tile) return {0};
-  std::vector<int> starts;
-  const int step = tile - overlap;
-  for (int x = 0;; x += step) {
-    if (x + tile >= length) {
-      starts.push_back(length - tile);
-      return starts;
-    }
-    starts.push_back(x);
-  }
+  const long long n = tile_count(length, tile, overlap);
+  std::vector<int> starts(static_cast<std::size_t>(n));
+  for (long long k = 0; k + 1 < n; ++k) starts[static_cast<std::size_t>(k)] = static_cast<int>(k * (tile - overlap));
+  starts.back() = std::max(0, length - tile);
+  return starts;
 }
 
 }  // namespace
@@ -47,6 +49,10 @@ std::vector<Tile> GridTiler::plan(cv::Size image_size) const {
   if (image_size.width <= 0 || image_size.height <= 0)
     fail_argument("image size must be positive, got {}x{}", image_size.width, image_size.height);
   const cv::Size t = options_.tile_size;
+  const long long count = tile_count(image_size.width, t.width, overlap_.width) * tile_count(image_size.height, t.height, overlap_.height);
+  if (count > kMaxTiles)
+    fail_argument("a {}x{} image in tiles of {}x{} with {}x{} pixels of overlap makes {} tiles (at most {}): use larger tiles", image_size.width,
+                  image_size.height, t.width, t.height, overlap_.width, overlap_.height, count, kMaxTiles);
   const auto xs = tile_starts(image_size.width, t.width, overlap_.width);
   const auto ys = tile_starts(image_size.height, t.height, overlap_.height);
   std::vector<Tile> tiles;

@@ -45,43 +45,85 @@ enum class BoxMetric { IoU, IoS, GIoU, DIoU };
 BoxMetric parse_box_metric(std::string_view name);  // "iou", "ios", "giou", "diou"
 std::string_view to_string(BoxMetric metric);
 
-inline float intersection(const Box& a, const Box& b) {
-  const float w = std::max(0.f, std::min(a.x2, b.x2) - std::max(a.x1, b.x1));
-  const float h = std::max(0.f, std::min(a.y2, b.y2) - std::max(a.y1, b.y1));
+namespace detail {
+
+// The overlaps in arithmetic T: float as torchvision's kernels compute them (so that NMS decisions at the
+// threshold are bit-identical), double where float's range would overflow.
+template <class T>
+T intersection(const Box& a, const Box& b) {
+  const T w = std::max(T(0), T(std::min(a.x2, b.x2)) - T(std::max(a.x1, b.x1)));
+  const T h = std::max(T(0), T(std::min(a.y2, b.y2)) - T(std::max(a.y1, b.y1)));
   return w * h;
 }
 
-// Written as torchvision's kernel writes it, so that NMS decisions at the threshold are bit-identical.
+template <class T>
+T area(const Box& b) {
+  return (T(b.x2) - T(b.x1)) * (T(b.y2) - T(b.y1));
+}
+
+template <class T>
+T iou(const Box& a, const Box& b) {
+  const T inter = intersection<T>(a, b);
+  const T uni = area<T>(a) + area<T>(b) - inter;
+  return uni > 0 ? inter / uni : T(0);
+}
+
+template <class T>
+T ios(const Box& a, const Box& b) {
+  const T smaller = std::min(area<T>(a), area<T>(b));
+  return smaller > 0 ? intersection<T>(a, b) / smaller : T(0);
+}
+
+template <class T>
+T giou(const Box& a, const Box& b) {
+  const T inter = intersection<T>(a, b);
+  const T uni = area<T>(a) + area<T>(b) - inter;
+  const T enclosing = (T(std::max(a.x2, b.x2)) - T(std::min(a.x1, b.x1))) * (T(std::max(a.y2, b.y2)) - T(std::min(a.y1, b.y1)));
+  const T overlap = uni > 0 ? inter / uni : T(0);
+  return enclosing > 0 ? overlap - (enclosing - uni) / enclosing : overlap;
+}
+
+// torchvision's distance_box_iou adds 1e-7 to the diagonal: sub-pixel boxes then agree with it.
+template <class T>
+T diou(const Box& a, const Box& b) {
+  const T dx = (T(a.x1) + T(a.x2)) / 2 - (T(b.x1) + T(b.x2)) / 2;
+  const T dy = (T(a.y1) + T(a.y2)) / 2 - (T(b.y1) + T(b.y2)) / 2;
+  const T ex = T(std::max(a.x2, b.x2)) - T(std::min(a.x1, b.x1));
+  const T ey = T(std::max(a.y2, b.y2)) - T(std::min(a.y1, b.y1));
+  const T diagonal2 = ex * ex + ey * ey + T(1e-7);
+  return iou<T>(a, b) - (dx * dx + dy * dy) / diagonal2;
+}
+
+// Whether float arithmetic on the pair stays finite: every product above is at most the square of the
+// pair's enclosing extent (boxes up to about 1.8e19 pixels a side).
+inline bool fits_float(const Box& a, const Box& b) {
+  const float ex = std::max(a.x2, b.x2) - std::min(a.x1, b.x1), ey = std::max(a.y2, b.y2) - std::min(a.y1, b.y1);
+  return std::isfinite(ex * ex + ey * ey);
+}
+
+}  // namespace detail
+
+inline float intersection(const Box& a, const Box& b) {
+  return detail::fits_float(a, b) ? detail::intersection<float>(a, b) : static_cast<float>(detail::intersection<double>(a, b));
+}
+
 // Degenerate pairs (zero union) give 0, never NaN.
 inline float iou(const Box& a, const Box& b) {
-  const float inter = intersection(a, b);
-  const float uni = a.area() + b.area() - inter;
-  return uni > 0 ? inter / uni : 0.f;
+  return detail::fits_float(a, b) ? detail::iou<float>(a, b) : static_cast<float>(detail::iou<double>(a, b));
 }
 
 inline float ios(const Box& a, const Box& b) {
-  const float smaller = std::min(a.area(), b.area());
-  return smaller > 0 ? intersection(a, b) / smaller : 0.f;
+  return detail::fits_float(a, b) ? detail::ios<float>(a, b) : static_cast<float>(detail::ios<double>(a, b));
 }
 
 // Generalized IoU (Rezatofighi et al. 2019): IoU minus the share of the enclosing box that neither covers.
 inline float giou(const Box& a, const Box& b) {
-  const float inter = intersection(a, b);
-  const float uni = a.area() + b.area() - inter;
-  const float enclosing = (std::max(a.x2, b.x2) - std::min(a.x1, b.x1)) * (std::max(a.y2, b.y2) - std::min(a.y1, b.y1));
-  const float overlap = uni > 0 ? inter / uni : 0.f;
-  return enclosing > 0 ? overlap - (enclosing - uni) / enclosing : overlap;
+  return detail::fits_float(a, b) ? detail::giou<float>(a, b) : static_cast<float>(detail::giou<double>(a, b));
 }
 
 // Distance IoU (Zheng et al. 2020): IoU minus squared centre distance over the enclosing box's squared diagonal.
 inline float diou(const Box& a, const Box& b) {
-  const float dx = a.center_x() - b.center_x();
-  const float dy = a.center_y() - b.center_y();
-  const float ex = std::max(a.x2, b.x2) - std::min(a.x1, b.x1);
-  const float ey = std::max(a.y2, b.y2) - std::min(a.y1, b.y1);
-  const float diagonal2 = ex * ex + ey * ey;
-  const float overlap = iou(a, b);
-  return diagonal2 > 0 ? overlap - (dx * dx + dy * dy) / diagonal2 : overlap;
+  return detail::fits_float(a, b) ? detail::diou<float>(a, b) : static_cast<float>(detail::diou<double>(a, b));
 }
 
 inline float overlap(const Box& a, const Box& b, BoxMetric metric) {

@@ -39,10 +39,12 @@ struct GridTilerOptions {
 // A regular grid of full-size tiles. Steps are tile - overlap; the last tile of a row or column is
 // shifted inward to end at the image border, so no tile is cut short. An image smaller than a tile
 // along an axis gives one tile along it, padded on the right or bottom (so the detector sees it at the
-// tile's scale); tiles() refuses to pad an image to more than kMaxPaddedTilePixels.
+// tile's scale); tiles() refuses to pad an image to more than kMaxPaddedTilePixels, and plan() to make
+// more than kMaxTiles tiles (a 150,000-pixel square slide in 640-pixel tiles makes 76,000).
 class GridTiler final : public Tiler {
  public:
   static constexpr long long kMaxPaddedTilePixels = 1LL << 26;  // 8192 x 8192
+  static constexpr long long kMaxTiles = 1'000'000;
   explicit GridTiler(GridTilerOptions options = {});
   std::vector<Tile> plan(cv::Size image_size) const override;
   std::vector<Tile> tiles(const cv::Mat& image) const override;

@@ -32,6 +32,22 @@ TEST_CASE("zero-area boxes give 0, never NaN", "[box]") {
   }
 }
 
+TEST_CASE("boxes beyond float's squared range: the overlaps of equal and halved boxes are exact", "[box]") {
+  // Areas of 4e38 overflow float (3.4e38): computed in double, an equal pair is 1, not 0 or NaN.
+  const Box huge{0, 0, 2e19f, 2e19f}, left{0, 0, 1e19f, 2e19f};
+  for (BoxMetric m : {BoxMetric::IoU, BoxMetric::IoS, BoxMetric::GIoU, BoxMetric::DIoU}) CHECK(overlap(huge, huge, m) == 1.f);
+  CHECK(iou(huge, left) == 0.5f);
+  CHECK(ios(huge, left) == 1.f);
+  CHECK(giou(huge, left) == 0.5f);
+  CHECK(diou(huge, left) == Approx(0.5 - 0.25e38 / 8e38));  // centres 5e18 apart, diagonal^2 8e38
+}
+
+TEST_CASE("DIoU of sub-pixel boxes agrees with torchvision's (1e-7 added to the diagonal)", "[box]") {
+  // Two points 1e-4 apart: diagonal^2 = 2e-8, so the eps dominates, as in torchvision.
+  const Box a{0, 0, 0, 0}, b{1e-4f, 1e-4f, 1e-4f, 1e-4f};
+  CHECK(diou(a, b) == Approx(-2e-8 / (2e-8 + 1e-7)).epsilon(1e-4));
+}
+
 TEST_CASE("matrix and aligned forms agree with the pair functions", "[box]") {
   const std::vector<Box> a{{0, 0, 10, 10}, {5, 5, 20, 20}}, b{{5, 0, 15, 10}, {0, 0, 10, 10}, {100, 100, 110, 110}};
   const OverlapMatrix m = overlap_matrix(a, b, BoxMetric::IoU);

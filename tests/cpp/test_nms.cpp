@@ -196,11 +196,23 @@ TEST_CASE("suppress() on detections keeps the leader's fields", "[nms]") {
   CHECK(suppress(HardNms(), {}).empty());
 }
 
+TEST_CASE("an infinite score is refused by every suppressor, not fused into NaN", "[nms][errors]") {
+  const std::vector<Box> boxes{{0, 0, 10, 10}, {1, 1, 11, 11}};
+  const std::vector<float> scores{std::numeric_limits<float>::infinity(), 0.5f};
+  ScoredBoxes in;
+  in.boxes = boxes;
+  in.scores = scores;
+  const std::vector<std::shared_ptr<const Suppressor>> all{std::make_shared<HardNms>(), std::make_shared<SoftNms>(),
+                                                           std::make_shared<IouAwareNms>(), std::make_shared<WeightedBoxFusion>(),
+                                                           std::make_shared<NonMaxMerge>()};
+  for (const auto& s : all) CHECK_THROWS_WITH(s->suppress(in), Contains("scores[0] is inf: scores must be finite"));
+}
+
 TEST_CASE("bad NMS input and parameters name the argument and value", "[nms][errors]") {
   const float nan = std::numeric_limits<float>::quiet_NaN();
   const std::vector<Box> boxes{{0, 0, 1, 1}};
   CHECK_THROWS_WITH(nms(boxes, std::vector<float>{0.5f, 0.4f}, 0.5), Contains("scores has 2") && Contains("boxes has 1"));
-  CHECK_THROWS_WITH(nms(boxes, std::vector<float>{nan}, 0.5), Contains("scores[0] is NaN"));
+  CHECK_THROWS_WITH(nms(boxes, std::vector<float>{nan}, 0.5), Contains("scores[0] is nan: scores must be finite"));
   CHECK_THROWS_WITH(nms(std::vector<Box>{{0, 0, nan, 1}}, std::vector<float>{1}, 0.5), Contains("boxes[0]"));
   CHECK_THROWS_WITH(nms(std::vector<Box>{{2, 0, 1, 1}}, std::vector<float>{1}, 0.5), Contains("x2 >= x1"));
   CHECK_THROWS_WITH(nms(boxes, std::vector<float>{1}, 1.5), Contains("iou_threshold") && Contains("1.5"));

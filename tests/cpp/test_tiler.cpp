@@ -37,6 +37,16 @@ TEST_CASE("grid plan: steps of tile - overlap, last tile shifted inward", "[tile
   CHECK(tiler.plan({401, 400}).size() == 2);
 }
 
+TEST_CASE("plans near the int range: no overflow, and too many tiles are refused", "[tiler][errors]") {
+  // A tile of 2^30 on an image one pixel wider: two tiles, the second shifted to end at the border (the
+  // position 2^30 + 2^30 once overflowed int and looped for ever).
+  const GridTiler wide = make_tiler(1 << 30, 64, 0.0);
+  CHECK(regions(wide.plan({(1 << 30) + 1, 64})) == std::vector<cv::Rect>{{0, 0, 1 << 30, 64}, {1, 0, 1 << 30, 64}});
+  // 2^31 - 1 pixels in 640-pixel tiles (544-pixel steps) would be 3.9 million tiles.
+  CHECK_THROWS_WITH(make_tiler(640, 640).plan({2147483647, 100}), Contains("3947581 tiles (at most 1000000)"));
+  CHECK(make_tiler(640, 640).plan({544 * 999 + 640, 100}).size() == 1000);
+}
+
 TEST_CASE("overlap in pixels and the whole-image pass", "[tiler]") {
   GridTilerOptions o;
   o.tile_size = {100, 50};

@@ -23,7 +23,7 @@ def test_empty_inputs_give_empty_outputs():
     (lambda: bloodcv.nms(np.array([[0, 0, np.inf, 1]], np.float32), ONE, 0.5), r"boxes\[0\]"),
     (lambda: bloodcv.nms(np.array([[2, 0, 1, 1]], np.float32), ONE, 0.5), "x2 >= x1"),
     (lambda: bloodcv.nms(BOX, np.array([0.5, 0.4], np.float32), 0.5), "scores has 2 entries but boxes has 1"),
-    (lambda: bloodcv.nms(BOX, np.array([np.nan], np.float32), 0.5), r"scores\[0\] is NaN"),
+    (lambda: bloodcv.nms(BOX, np.array([np.nan], np.float32), 0.5), r"scores\[0\] is nan: scores must be finite"),
     (lambda: bloodcv.nms(BOX, ONE, 1.5), "iou_threshold must be in \\[0, 1\\], got 1.5"),
     (lambda: bloodcv.nms(BOX, ONE, -0.1), "iou_threshold"),
     (lambda: bloodcv.nms(np.zeros((3, 5), np.float32), ONE, 0.5), r"boxes must have shape \(N, 4\), got \(3, 5\)"),
