@@ -32,6 +32,12 @@ void check_boxes(const at::Tensor& t, const char* name, bool required = true) {
   if (t.dim() != 2 || t.size(1) != 4) fail_argument("{} must have shape [N, 4], got {}", name, shape(t));
   if (!t.is_floating_point()) fail_argument("{} must be floating point, got {}", name, c10::toString(t.scalar_type()));
   if (t.numel() && !at::isfinite(t).all().item<bool>()) fail_argument("{} holds NaN or infinite coordinates", name);
+  // An inverted box has a negative area: IoU, centres and distances would mislead every strategy.
+  if (t.numel()) {
+    const at::Tensor inverted = (t.select(1, 2) < t.select(1, 0)) | (t.select(1, 3) < t.select(1, 1));
+    if (inverted.any().item<bool>())
+      fail_argument("{}[{}] is inverted: x2 >= x1 and y2 >= y1 are required", name, inverted.nonzero()[0][0].item<std::int64_t>());
+  }
 }
 
 void check_input(const AssignInput& in, bool needs_predictions) {
@@ -61,6 +67,9 @@ std::vector<std::int64_t> checked_levels(const AssignInput& in) {
   std::int64_t total = 0;
   for (const auto n : levels) {
     if (n < 0) fail_argument("anchors_per_level holds a negative count {}", n);
+    // Each count is at most the anchors, so the sum cannot overflow before it is refused.
+    if (n > in.anchors.size(0) - total)
+      fail_argument("anchors_per_level sums to more than the {} anchors (a count of {})", in.anchors.size(0), n);
     total += n;
   }
   if (total != in.anchors.size(0)) fail_argument("anchors_per_level sums to {} but there are {} anchors", total, in.anchors.size(0));
@@ -212,6 +221,14 @@ double e_step(const Gmm1d& g, const std::vector<double>& x, std::vector<std::arr
 
 Gmm1d fit_gmm_1d(const std::vector<double>& x, Gmm1d g, int max_iterations, double tolerance) {
   if (x.size() < 2) fail_argument("a Gaussian mixture needs at least 2 values, got {}", x.size());
+  if (max_iterations < 1) fail_argument("max_iterations must be >= 1, got {}", max_iterations);
+  if (!(tolerance >= 0)) fail_argument("tolerance must be >= 0, got {}", tolerance);
+  for (std::size_t i = 0; i < x.size(); ++i)
+    if (!std::isfinite(x[i])) fail_argument("x[{}] is {}: values must be finite", i, x[i]);
+  for (int k = 0; k < 2; ++k)
+    if (!std::isfinite(g.means[k]) || !(g.variances[k] > 0 && std::isfinite(g.variances[k])) || !(g.weights[k] > 0 && g.weights[k] <= 1))
+      fail_argument("initial component {}: mean {} must be finite, variance {} positive and weight {} in (0, 1]", k, g.means[k],
+                    g.variances[k], g.weights[k]);
   constexpr double kRegCovar = 1e-6, kEps = 10 * std::numeric_limits<double>::epsilon();
   std::vector<std::array<double, 2>> log_resp;
   double lower_bound = -std::numeric_limits<double>::infinity();
@@ -322,6 +339,10 @@ at::Tensor sinkhorn_log(const at::Tensor& cost, const at::Tensor& supply, const 
     fail_argument("sinkhorn_log needs cost [S, D], supply [S], demand [D]; got {}, {}, {}", shape(cost), shape(supply), shape(demand));
   if (!(epsilon > 0)) fail_argument("epsilon must be positive, got {}", epsilon);
   if (iterations < 1) fail_argument("iterations must be >= 1, got {}", iterations);
+  for (const auto& [t, name] : {std::pair{cost, "cost"}, std::pair{supply, "supply"}, std::pair{demand, "demand"}})
+    if (t.numel() && !at::isfinite(t).all().item<bool>()) fail_argument("{} holds NaN or infinite values", name);
+  if (supply.numel() && (supply < 0).any().item<bool>()) fail_argument("supply must not be negative");
+  if (demand.numel() && (demand < 0).any().item<bool>()) fail_argument("demand must not be negative");
   const at::Tensor log_supply = supply.to(cost.scalar_type()).clamp_min(1e-30).log();
   const at::Tensor log_demand = demand.to(cost.scalar_type()).clamp_min(1e-30).log();
   const at::Tensor scaled = -cost / epsilon;  // log of the Gibbs kernel
@@ -338,6 +359,8 @@ OtaAssigner::OtaAssigner(OtaOptions o) : options_(o) {
   if (o.iterations < 1) fail_argument("iterations must be >= 1, got {}", o.iterations);
   if (o.top_q < 1) fail_argument("top_q must be >= 1, got {}", o.top_q);
   if (!(o.reg_lambda >= 0)) fail_argument("reg_lambda must be >= 0, got {}", o.reg_lambda);
+  if (!(o.center_prior_cost >= 0 && std::isfinite(o.center_prior_cost)))
+    fail_argument("center_prior_cost must be finite and >= 0, got {}", o.center_prior_cost);
 }
 
 AssignResult OtaAssigner::assign(const AssignInput& in) const {

@@ -22,6 +22,8 @@ ClassificationReport evaluate_classification(const std::vector<std::int64_t>& tr
   if (truth.size() != predicted.size()) fail_argument("truth has {} entries but predicted has {}", truth.size(), predicted.size());
   const std::size_t k = labels.size();
   if (k == 0) fail_argument("labels is empty");
+  // The confusion matrix is k x k: 4,096 labels hold 64 MB of it, 30,000 would hold 3.6 GB.
+  if (k > kMaxClassificationLabels) fail_argument("{} labels: at most {} are supported (the confusion matrix is labels²)", k, kMaxClassificationLabels);
   ClassificationReport r;
   r.labels = labels;
   r.confusion.assign(k, std::vector<int>(k, 0));
@@ -33,7 +35,7 @@ ClassificationReport evaluate_classification(const std::vector<std::int64_t>& tr
   int correct = 0, total = static_cast<int>(truth.size());
   for (std::size_t c = 0; c < k; ++c) correct += r.confusion[c][c];
   r.accuracy = total ? static_cast<double>(correct) / total : 0;
-  int with_support = 0;
+  int occurring = 0;  // classes in the truth or the predictions
   for (std::size_t c = 0; c < k; ++c) {
     int predicted_c = 0, support = 0;
     for (std::size_t o = 0; o < k; ++o) {
@@ -46,17 +48,22 @@ ClassificationReport evaluate_classification(const std::vector<std::int64_t>& tr
     r.recall.push_back(rc);
     r.f1.push_back(p + rc > 0 ? 2 * p * rc / (p + rc) : 0);
     r.support.push_back(support);
-    if (support) ++with_support;
+    if (support || predicted_c) ++occurring;
     r.weighted_precision += p * support;
     r.weighted_recall += rc * support;
     r.weighted_f1 += r.f1.back() * support;
   }
-  for (std::size_t c = 0; c < k; ++c)  // macro averages over classes that occur, as scikit-learn with zero_division=0
-    if (r.support[c]) {
-      r.macro_precision += r.precision[c] / with_support;
-      r.macro_recall += r.recall[c] / with_support;
-      r.macro_f1 += r.f1[c] / with_support;
+  // Macro averages over the classes that occur in the truth or the predictions, as scikit-learn's (labels
+  // not given, zero_division=0): a class only ever predicted counts, with recall and F1 of 0.
+  for (std::size_t c = 0; c < k; ++c) {
+    int predicted_c = 0;
+    for (std::size_t o = 0; o < k; ++o) predicted_c += r.confusion[o][c];
+    if (r.support[c] || predicted_c) {
+      r.macro_precision += r.precision[c] / occurring;
+      r.macro_recall += r.recall[c] / occurring;
+      r.macro_f1 += r.f1[c] / occurring;
     }
+  }
   if (total) {
     r.weighted_precision /= total;
     r.weighted_recall /= total;
@@ -67,6 +74,12 @@ ClassificationReport evaluate_classification(const std::vector<std::int64_t>& tr
 
 cv::Mat draw_confusion(const ClassificationReport& r, int cell_px) {
   const int k = static_cast<int>(r.labels.size()), margin = 140;
+  if (cell_px < 16 || cell_px > 256) fail_argument("cell_px must be in [16, 256], got {}", cell_px);
+  // 600 labels in 48-pixel cells would be a 2.5 GB image no one could read.
+  if (k > kMaxConfusionImageLabels)
+    fail_argument("a confusion image of {} labels would be {} pixels a side: at most {} labels are drawn (the report holds the matrix)", k,
+                  margin + k * cell_px + 10, kMaxConfusionImageLabels);
+  if (r.confusion.size() != r.labels.size()) fail_argument("the report's confusion matrix has {} rows for {} labels", r.confusion.size(), k);
   cv::Mat image(margin + k * cell_px + 10, margin + k * cell_px + 10, CV_8UC3, cv::Scalar::all(255));
   for (int t = 0; t < k; ++t) {
     int row_total = 0;

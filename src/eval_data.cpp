@@ -5,6 +5,7 @@
 #include <map>
 #include <set>
 #include <sstream>
+#include <string>
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
@@ -34,6 +35,23 @@ std::vector<fs::path> files_with(const fs::path& path, const std::string& extens
   std::sort(files.begin(), files.end());
   if (files.empty()) fail_file(path, fmt::format("no {} files", extension));
   return files;
+}
+
+// A VOC <bndbox> coordinate: the whole text a number (pugixml's as_double reads "abc" as 0).
+double voc_coordinate(const pugi::xml_node& bndbox, const char* tag, const std::string& object, const fs::path& file) {
+  std::string text = bndbox.child_value(tag);
+  text.erase(0, text.find_first_not_of(" \t\r\n"));
+  text.erase(text.find_last_not_of(" \t\r\n") + 1);
+  std::size_t used = 0;
+  double value = 0;
+  try {
+    value = std::stod(text, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  if (text.empty() || used != text.size())
+    fail_file(file, fmt::format("object '{}': <{}> must be a number, got '{}'", object, tag, text));
+  return value;
 }
 
 json read_json(const fs::path& path) {
@@ -87,11 +105,12 @@ GroundTruth read_voc(const std::string& path, std::vector<std::string> labels) {
       std::string name = object.child_value("name");
       name.erase(0, name.find_first_not_of(" \t\n"));
       name.erase(name.find_last_not_of(" \t\n") + 1);
+      if (name.empty()) fail_file(file, fmt::format("object {} has no <name>", image.boxes.size() + 1));
       const pugi::xml_node b = object.child("bndbox");
       if (!b) fail_file(file, fmt::format("object '{}' has no <bndbox>", name));
       GroundTruthBox box;
-      box.box = checked_box(b.child("xmin").text().as_double(), b.child("ymin").text().as_double(), b.child("xmax").text().as_double(),
-                            b.child("ymax").text().as_double(), file);
+      box.box = checked_box(voc_coordinate(b, "xmin", name, file), voc_coordinate(b, "ymin", name, file), voc_coordinate(b, "xmax", name, file),
+                            voc_coordinate(b, "ymax", name, file), file);
       box.label = label_index(gt.labels, name, fixed, file);
       box.ignore = object.child("difficult").text().as_int() != 0;
       image.boxes.push_back(box);

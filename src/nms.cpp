@@ -55,6 +55,12 @@ std::vector<std::int32_t> greedy_suppress(const ScoredBoxes& in, const std::vect
     leader->assign(in.boxes.size(), -1);
     rank = ranks_of(order, in.boxes.size());
   }
+  // No overlap measure exceeds 1, so at threshold 1 nothing is suppressed; the search would still compare
+  // every pair of coinciding boxes (10^5 identical boxes took 30 s).
+  if (threshold >= 1.0) {
+    const std::size_t n = max_detections == kNoLimit ? order.size() : std::min(order.size(), static_cast<std::size_t>(max_detections));
+    return {order.begin(), order.begin() + static_cast<std::ptrdiff_t>(n)};
+  }
   for (const std::int32_t i : order) {
     if (max_detections != kNoLimit && static_cast<std::int64_t>(kept.size()) >= max_detections) break;
     const Box& box = in.boxes[static_cast<std::size_t>(i)];

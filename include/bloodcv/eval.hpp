@@ -128,6 +128,8 @@ ClassificationReport evaluate_classification(const std::vector<std::int64_t>& tr
 std::string to_markdown(const ClassificationReport& report);
 std::string to_json(const ClassificationReport& report);
 cv::Mat draw_confusion(const ClassificationReport& report, int cell_px = 48);  // a BGR image, row-normalised shading
+inline constexpr std::size_t kMaxClassificationLabels = 4096;  // evaluate_classification refuses more
+inline constexpr int kMaxConfusionImageLabels = 150;          // draw_confusion refuses more
 
 // --- detect, then classify ---------------------------------------------------------------------------
 // A true cell with a known type counts as correct when a predicted cell overlaps it with IoU >= 0.5

@@ -58,6 +58,13 @@ Span<T> optional_span(const std::optional<py::array_t<T, py::array::c_style | py
   return a ? vector_span<T>(*a, name) : Span<T>{};
 }
 
+// A private copy of an input the library then reads without the GIL: another Python thread may write the
+// caller's numpy array meanwhile, and a NaN written after validation crashed the process.
+template <class T>
+std::vector<T> owned(Span<T> s) {
+  return {s.begin(), s.end()};
+}
+
 // Hands a vector's buffer to numpy: the array owns the vector through a capsule.
 template <class T>
 py::array_t<T> to_numpy(std::vector<T>&& v) {

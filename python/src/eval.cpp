@@ -242,12 +242,12 @@ void bind_eval(py::module_& root) {
       .def(
           "confusion_image", [](const eval::ClassificationReport& r) { return mat_to_numpy(eval::draw_confusion(r)); },
           "The confusion matrix drawn as an 8-bit BGR image, a numpy array (H, W, 3), 48 pixels a cell, each row shaded by "
-          "its share of the true class's samples.");
+          "its share of the true class's samples; at most 150 labels (ValueError beyond).");
   m.def("evaluate_classification", &eval::evaluate_classification, py::arg("truth"), py::arg("predicted"), py::arg("labels"),
         "Classification metrics. truth, predicted: label indices (ints in [0, len(labels))) of the same samples, equal in "
         "length. labels: the label names. Returns a ClassificationReport; macro averages are over the classes present in "
-        "truth (as scikit-learn's with zero_division=0). Raises ValueError on mismatched lengths, empty labels or an index "
-        "out of range.");
+        "truth or predictions (as scikit-learn's with zero_division=0). Raises ValueError on mismatched lengths, empty labels, "
+        "more than 4,096 labels or an index out of range.");
 
   py::class_<eval::ChainReport>(
       m, "ChainReport",

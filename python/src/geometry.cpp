@@ -111,7 +111,7 @@ void bind_geometry(py::module_& m) {
   m.def(
       "box_overlap_matrix",
       [](const FloatArray& a, const FloatArray& b, const std::string& metric) {
-        const auto sa = box_span(a, "boxes1"), sb = box_span(b, "boxes2");
+        const auto sa = owned(box_span(a, "boxes1")), sb = owned(box_span(b, "boxes2"));
         const BoxMetric mt = parse_box_metric(metric);
         OverlapMatrix out;
         {
@@ -165,8 +165,8 @@ void bind_geometry(py::module_& m) {
   m.def(
       "nms",
       [](const FloatArray& boxes, const FloatArray& scores, double iou_threshold) {
-        const auto b = box_span(boxes, "boxes");
-        const auto s = vector_span<float>(scores, "scores");
+        const auto b = owned(box_span(boxes, "boxes"));
+        const auto s = owned(vector_span<float>(scores, "scores"));
         std::vector<std::int64_t> keep;
         {
           py::gil_scoped_release release;
@@ -181,9 +181,9 @@ void bind_geometry(py::module_& m) {
   m.def(
       "batched_nms",
       [](const FloatArray& boxes, const FloatArray& scores, const LabelArray& idxs, double iou_threshold) {
-        const auto b = box_span(boxes, "boxes");
-        const auto s = vector_span<float>(scores, "scores");
-        const auto l = vector_span<std::int64_t>(idxs, "idxs");
+        const auto b = owned(box_span(boxes, "boxes"));
+        const auto s = owned(vector_span<float>(scores, "scores"));
+        const auto l = owned(vector_span<std::int64_t>(idxs, "idxs"));
         std::vector<std::int64_t> keep;
         {
           py::gil_scoped_release release;
@@ -208,9 +208,11 @@ void bind_geometry(py::module_& m) {
           "suppress",
           [](const Suppressor& self, const FloatArray& boxes, const FloatArray& scores, const std::optional<LabelArray>& labels,
              const std::optional<FloatArray>& predicted_ious) {
-            const ScoredBoxes in{box_span(boxes, "boxes"), vector_span<float>(scores, "scores"),
-                                 optional_span<std::int64_t>(labels, "labels"),
-                                 optional_span<float>(predicted_ious, "predicted_ious")};
+            const auto b = owned(box_span(boxes, "boxes"));
+            const auto sc = owned(vector_span<float>(scores, "scores"));
+            const auto l = owned(optional_span<std::int64_t>(labels, "labels"));
+            const auto p = owned(optional_span<float>(predicted_ious, "predicted_ious"));
+            const ScoredBoxes in{b, sc, l, p};
             Suppression s;
             {
               py::gil_scoped_release release;

@@ -2,6 +2,9 @@
 // TorchScript) call them on tensors. bloodcv.assign wraps the assigners in classes; bloodcv.nms and
 // bloodcv.batched_nms call the NMS operators for torch tensors.
 #include <algorithm>
+#include <limits>
+#include <stdexcept>
+#include <string>
 
 #include <ATen/ATen.h>
 #include <torch/library.h>
@@ -21,6 +24,15 @@ auto checked(F&& f) {
   } catch (const std::invalid_argument& e) {
     TORCH_CHECK_VALUE(false, e.what());
   }
+}
+
+// Iteration counts arrive as TorchScript's int64; the library counts in int. Refused rather than wrapped
+// (2^32 became 0 iterations, 2^31 a negative count).
+int iteration_count(std::int64_t value, const char* name) {
+  if (value > std::numeric_limits<int>::max() || value < std::numeric_limits<int>::min())
+    throw std::invalid_argument(std::string(name) + " must be at most " + std::to_string(std::numeric_limits<int>::max()) + ", got " +
+                                std::to_string(value));
+  return static_cast<int>(value);
 }
 
 Result as_tuple(const bloodcv::AssignResult& r) { return {r.gt_index, r.overlaps, r.labels, r.weights}; }
@@ -45,7 +57,7 @@ Result paa_assign(const at::Tensor& anchors, const at::Tensor& gt_boxes, const a
                   const at::Tensor& pred_scores, c10::IntArrayRef per_level, std::int64_t top_k, double iou_lambda, double candidate_iou,
                   std::int64_t em_iterations, double em_tolerance) {
   return checked([&] {
-    const bloodcv::PaaOptions o{top_k, iou_lambda, candidate_iou, static_cast<int>(em_iterations), em_tolerance};
+    const bloodcv::PaaOptions o{top_k, iou_lambda, candidate_iou, iteration_count(em_iterations, "em_iterations"), em_tolerance};
     return as_tuple(bloodcv::PaaAssigner(o).assign(input(anchors, gt_boxes, gt_labels, pred_boxes, pred_scores, per_level)));
   });
 }
@@ -54,13 +66,13 @@ Result ota_assign(const at::Tensor& anchors, const at::Tensor& gt_boxes, const a
                   const at::Tensor& pred_scores, double epsilon, std::int64_t iterations, std::int64_t top_q, double reg_lambda, bool center_prior,
                   double center_prior_cost) {
   return checked([&] {
-    const bloodcv::OtaOptions o{epsilon, static_cast<int>(iterations), top_q, reg_lambda, center_prior, center_prior_cost};
+    const bloodcv::OtaOptions o{epsilon, iteration_count(iterations, "iterations"), top_q, reg_lambda, center_prior, center_prior_cost};
     return as_tuple(bloodcv::OtaAssigner(o).assign(input(anchors, gt_boxes, gt_labels, pred_boxes, pred_scores)));
   });
 }
 
 at::Tensor sinkhorn_log(const at::Tensor& cost, const at::Tensor& supply, const at::Tensor& demand, double epsilon, std::int64_t iterations) {
-  return checked([&] { return bloodcv::sinkhorn_log(cost, supply, demand, epsilon, static_cast<int>(iterations)); });
+  return checked([&] { return bloodcv::sinkhorn_log(cost, supply, demand, epsilon, iteration_count(iterations, "iterations")); });
 }
 
 // [w0, w1, m0, m1, v0, v1, iterations] of the fitted mixture, from the same order of initial values.
@@ -70,7 +82,7 @@ at::Tensor gmm_fit_1d(const at::Tensor& x, const at::Tensor& init, std::int64_t 
     TORCH_CHECK_VALUE(in.numel() == 6, "init must hold [w0, w1, m0, m1, v0, v1]");
     const double* i = in.data_ptr<double>();
     const bloodcv::Gmm1d g = bloodcv::fit_gmm_1d(std::vector<double>(xs.data_ptr<double>(), xs.data_ptr<double>() + xs.numel()),
-                                                 bloodcv::Gmm1d{{i[0], i[1]}, {i[2], i[3]}, {i[4], i[5]}}, static_cast<int>(max_iterations), tolerance);
+                                                 bloodcv::Gmm1d{{i[0], i[1]}, {i[2], i[3]}, {i[4], i[5]}}, iteration_count(max_iterations, "max_iterations"), tolerance);
     at::Tensor out = at::empty({7}, at::kDouble);
     double* o = out.data_ptr<double>();
     const double values[] = {g.weights[0], g.weights[1], g.means[0], g.means[1], g.variances[0], g.variances[1], double(g.iterations)};

@@ -4,6 +4,9 @@
 
 #include <catch2/catch.hpp>
 
+#include <cmath>
+#include <limits>
+
 #include "bloodcv/assign.hpp"
 
 using namespace bloodcv;
@@ -83,10 +86,38 @@ TEST_CASE("OT assigner and log-domain Sinkhorn", "[assign]") {
 TEST_CASE("assigners reject bad input", "[assign][errors]") {
   const at::Tensor a = boxes({{0, 0, 10, 10}});
   CHECK_THROWS_WITH(MaxIoUAssigner().assign({a, at::zeros({2, 3}), at::zeros({2}, at::kLong)}), Contains("gt_boxes must have shape [N, 4]"));
-  CHECK_THROWS_WITH(AtssAssigner().assign({a, a, longs({0}), {}, {}, {5}}), Contains("sums to 5"));
+  CHECK_THROWS_WITH(AtssAssigner().assign({a, a, longs({0}), {}, {}, {5}}), Contains("sums to more than the 1 anchors (a count of 5)"));
+  CHECK_THROWS_WITH(AtssAssigner().assign({boxes({{0, 0, 10, 10}, {0, 0, 10, 10}}), a, longs({0}), {}, {}, {1}}), Contains("sums to 1 but there are 2"));
   CHECK_THROWS_WITH(PaaAssigner().assign({a, a, longs({0})}), Contains("pred_boxes is required"));
   CHECK_THROWS_WITH(OtaAssigner({0.0}), Contains("epsilon"));
   CHECK(values(MaxIoUAssigner().assign({a, at::zeros({0, 4}), at::zeros({0}, at::kLong)}).gt_index) == std::vector<std::int64_t>{kBackground});
+}
+
+TEST_CASE("inputs that once overflowed, inverted or gave NaN are refused", "[assign][errors]") {
+  const at::Tensor a = boxes({{0, 0, 10, 10}, {5, 5, 15, 15}});
+  const at::Tensor p = at::tensor(std::vector<float>{0.9f, 0.2f}).reshape({2, 1});
+  // Two counts of 2^63 - 1 once wrapped to a sum of -2 and passed the check.
+  const std::int64_t big = std::numeric_limits<std::int64_t>::max();
+  CHECK_THROWS_WITH(PaaAssigner().assign({a, a.narrow(0, 0, 1), longs({0}), a, p, {big, big}}), Contains("sums to more than the 2 anchors"));
+  // ATSS assigned 5 of 6 inverted anchors with overlap 0.
+  CHECK_THROWS_WITH(AtssAssigner().assign({boxes({{0, 0, 10, 10}, {20, 0, 10, 10}}), a.narrow(0, 0, 1), longs({0})}),
+                    Contains("anchors[1] is inverted"));
+  CHECK_THROWS_WITH(MaxIoUAssigner().assign({a, boxes({{0, 10, 10, 0}}), longs({0})}), Contains("gt_boxes[0] is inverted"));
+  // OTA with an infinite centre prior gave every anchor to box 0 with NaN weights.
+  for (const double cost : {std::numeric_limits<double>::infinity(), std::numeric_limits<double>::quiet_NaN(), -1.0}) {
+    OtaOptions o;
+    o.center_prior_cost = cost;
+    CHECK_THROWS_WITH(OtaAssigner(o), Contains("center_prior_cost must be finite and >= 0"));
+  }
+  const std::vector<double> x{0.1, 0.2, 0.8, 0.9};
+  const Gmm1d init{{0.5, 0.5}, {0.1, 0.9}, {0.01, 0.01}};
+  CHECK_THROWS_WITH(fit_gmm_1d(x, init, -5), Contains("max_iterations must be >= 1, got -5"));
+  CHECK_THROWS_WITH(fit_gmm_1d({0.1, std::nan(""), 0.9}, init), Contains("x[1] is nan"));
+  CHECK_THROWS_WITH(fit_gmm_1d(x, Gmm1d{{0.5, 0.5}, {0.1, 0.9}, {0.0, 0.01}}), Contains("initial component 0"));
+  const at::Tensor cost = at::tensor(std::vector<double>{0, std::nan(""), 1, 0}).reshape({2, 2});
+  CHECK_THROWS_WITH(sinkhorn_log(cost, at::ones({2}, at::kDouble), at::ones({2}, at::kDouble), 0.1, 5), Contains("cost holds NaN"));
+  CHECK_THROWS_WITH(sinkhorn_log(at::zeros({2, 2}, at::kDouble), -at::ones({2}, at::kDouble), at::ones({2}, at::kDouble), 0.1, 5),
+                    Contains("supply must not be negative"));
 }
 
 TEST_CASE("assigners by name, as configs name them", "[assign]") {

@@ -110,8 +110,37 @@ TEST_CASE("evaluation errors name what is wrong", "[eval][errors]") {
   CHECK_THROWS_WITH(evaluate_classification({0, 3}, {0, 1}, {"a", "b"}), Contains("label index 3"));
 }
 
+TEST_CASE("VOC objects with a non-numeric coordinate or no name are refused, naming file and object", "[eval][errors]") {
+  const auto dir = std::filesystem::temp_directory_path() / ("bloodcv_voc_bad_" + std::to_string(::getpid()));
+  const auto write = [&](const std::string& object) {
+    std::filesystem::remove_all(dir);
+    std::filesystem::create_directories(dir);
+    std::ofstream(dir / "a.xml") << "<annotation><filename>a.jpg</filename><object>" << object << "</object></annotation>";
+    return dir.string();
+  };
+  const std::string box = "<bndbox><xmin>1</xmin><ymin>2</ymin><xmax>11</xmax><ymax>12</ymax></bndbox>";
+  CHECK(read_voc(write("<name>WBC</name>" + box)).images.at(0).boxes.at(0).box == Box{1, 2, 11, 12});
+  CHECK_THROWS_WITH(read_voc(write("<name>WBC</name><bndbox><xmin>abc</xmin><ymin>2</ymin><xmax>11</xmax><ymax>12</ymax></bndbox>")),
+                    Contains("a.xml") && Contains("object 'WBC': <xmin> must be a number, got 'abc'"));
+  CHECK_THROWS_WITH(read_voc(write("<name>WBC</name><bndbox><xmin>1</xmin><ymin>2</ymin><xmax>11</xmax></bndbox>")),
+                    Contains("<ymax> must be a number, got ''"));
+  CHECK_THROWS_WITH(read_voc(write("<name>WBC</name><bndbox><xmin>1</xmin><ymin>2</ymin><xmax>11px</xmax><ymax>12</ymax></bndbox>")),
+                    Contains("got '11px'"));
+  CHECK_THROWS_WITH(read_voc(write(box)), Contains("a.xml") && Contains("object 1 has no <name>"));
+  std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("macro averages count a class only predicted, as scikit-learn does", "[eval]") {
+  // Truth a, a; predicted a, b: a has P 1, R 0.5, F1 2/3; b (never true) P 0, R 0, F1 0 and still counts.
+  const ClassificationReport r = evaluate_classification({0, 0}, {0, 1}, {"a", "b", "c"});
+  CHECK(r.macro_precision == Approx(0.5));
+  CHECK(r.macro_recall == Approx(0.25));
+  CHECK(r.macro_f1 == Approx(1.0 / 3));
+  CHECK_THROWS_WITH(evaluate_classification({0}, {0}, std::vector<std::string>(5000, "x")), Contains("5000 labels: at most 4096"));
+}
+
 TEST_CASE("VOC, YOLO and COCO readers", "[eval]") {
-  const auto dir = std::filesystem::temp_directory_path() / "bloodcv_eval_readers";
+  const auto dir = std::filesystem::temp_directory_path() / ("bloodcv_eval_readers_" + std::to_string(::getpid()));
   std::filesystem::remove_all(dir);
   std::filesystem::create_directories(dir / "voc");
   std::ofstream(dir / "voc" / "a.xml") << "<annotation><filename>a.jpg</filename><size><width>64</width><height>32</height></size>"

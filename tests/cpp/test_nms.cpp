@@ -196,6 +196,21 @@ TEST_CASE("suppress() on detections keeps the leader's fields", "[nms]") {
   CHECK(suppress(HardNms(), {}).empty());
 }
 
+TEST_CASE("at IoU threshold 1 nothing is suppressed: 10^5 identical boxes all kept, by index", "[nms]") {
+  const std::vector<Box> boxes(100000, Box{0, 0, 10, 10});
+  const std::vector<float> scores(boxes.size(), 0.5f);
+  const std::vector<std::int64_t> keep = nms(boxes, scores, 1.0);
+  REQUIRE(keep.size() == boxes.size());
+  for (std::size_t i = 0; i < keep.size(); ++i) REQUIRE(keep[i] == static_cast<std::int64_t>(i));
+  HardNmsOptions capped;
+  capped.iou_threshold = 1.0;
+  capped.max_detections = 3;
+  ScoredBoxes in;
+  in.boxes = boxes;
+  in.scores = scores;
+  CHECK(HardNms(capped).suppress(in).keep == std::vector<std::int64_t>{0, 1, 2});
+}
+
 TEST_CASE("an infinite score is refused by every suppressor, not fused into NaN", "[nms][errors]") {
   const std::vector<Box> boxes{{0, 0, 10, 10}, {1, 1, 11, 11}};
   const std::vector<float> scores{std::numeric_limits<float>::infinity(), 0.5f};

@@ -231,7 +231,7 @@ def test_bad_inputs_raise_value_errors():
         A.MaxIoUAssigner().assign(a, torch.zeros(2, 3), torch.zeros(2, dtype=torch.long))
     with pytest.raises(ValueError, match="NaN"):
         A.MaxIoUAssigner().assign(boxes([0, 0, float("nan"), 1]), a, torch.zeros(1, dtype=torch.long))
-    with pytest.raises(ValueError, match="anchors_per_level sums to 5"):
+    with pytest.raises(ValueError, match=r"anchors_per_level sums to more than the 1 anchors \(a count of 5\)"):
         A.AtssAssigner().assign(a, a, torch.zeros(1, dtype=torch.long), anchors_per_level=[5])
     with pytest.raises(ValueError, match="neg_iou_threshold"):
         A.MaxIoUAssigner(pos_iou_threshold=0.3, neg_iou_threshold=0.4).assign(a, a, torch.zeros(1, dtype=torch.long))

@@ -60,3 +60,83 @@ def test_distance_iou_of_sub_pixel_boxes_matches_torchvision():
     ours = np.asarray(bloodcv.distance_box_iou(boxes_a.numpy(), boxes_b.numpy()))
     theirs = torchvision.ops.distance_box_iou(boxes_a, boxes_b).numpy()
     assert np.allclose(ours, theirs, atol=1e-4)
+
+
+@pytest.mark.parametrize("call, message", [
+    ("bloodcv.assign.sinkhorn(torch.ones(2, 3), torch.ones(2), torch.ones(3), iterations=2**32)", "iterations must be at most 2147483647"),
+    ("bloodcv.assign.fit_gmm_1d(torch.tensor([0.1, 0.2, 0.9]), (0.1, 0.9), max_iterations=-5)", "max_iterations must be >= 1"),
+    ("bloodcv.assign.fit_gmm_1d(torch.tensor([0.1, float('nan'), 0.9]), (0.1, 0.9))", r"x\[1\] is nan"),
+    ("bloodcv.assign.sinkhorn(torch.tensor([[float('nan'), 1.0]]), torch.ones(1), torch.ones(2))", "cost holds NaN"),
+    ("bloodcv.assign.OtaAssigner(center_prior_cost=float('inf')).assign(*OTA)", "center_prior_cost must be finite"),
+    ("bloodcv.assign.OtaAssigner(center_prior_cost=float('nan')).assign(*OTA)", "center_prior_cost must be finite"),
+    ("bloodcv.assign.PaaAssigner(em_iterations=2**31).assign(*OTA, anchors_per_level=[2])", "em_iterations must be at most"),
+    ("bloodcv.assign.PaaAssigner().assign(*OTA, anchors_per_level=[2**63 - 1, 2**63 - 1])", "sums to more than the 2 anchors"),
+    ("bloodcv.assign.AtssAssigner().assign(torch.tensor([[0., 0, 10, 10], [20., 0, 10, 10]]), torch.tensor([[0., 0, 8, 8]]), "
+     "torch.tensor([0]))", r"anchors\[1\] is inverted"),
+])
+def test_assigner_arguments_that_once_truncated_or_gave_nan_are_refused(call, message):
+    import bloodcv.assign  # noqa: F401
+    ota = (torch.tensor([[0., 0, 10, 10], [5., 5, 15, 15]]), torch.tensor([[0., 0, 10, 10]]), torch.tensor([0]),
+           torch.tensor([[0., 0, 10, 10], [5., 5, 15, 15]]), torch.tensor([[0.9], [0.2]]))
+    with pytest.raises(ValueError, match=message):
+        eval(call, {"bloodcv": bloodcv, "torch": torch, "OTA": ota})
+
+
+def test_macro_averages_count_classes_only_predicted_as_scikit_learn_does():
+    metrics = pytest.importorskip("sklearn.metrics")
+    import bloodcv.eval
+    rng = np.random.default_rng(0)
+    for _ in range(600):
+        k = int(rng.integers(2, 6))
+        n = int(rng.integers(1, 12))
+        truth, predicted = rng.integers(0, k, n).tolist(), rng.integers(0, k, n).tolist()
+        macro = bloodcv.eval.evaluate_classification(truth, predicted, [f"c{i}" for i in range(k)]).to_dict()["macro"]
+        p, rc, f1, _ = metrics.precision_recall_fscore_support(truth, predicted, average="macro", zero_division=0)
+        assert (macro["precision"], macro["recall"], macro["f1"]) == pytest.approx((p, rc, f1), abs=1e-12), (truth, predicted)
+    # by hand: class 1 only predicted -> precision 0, recall 0, counted; class 0: P 1, R 0.5
+    macro = bloodcv.eval.evaluate_classification([0, 0], [0, 1], ["a", "b"]).to_dict()["macro"]
+    assert macro["recall"] == pytest.approx(0.25) and macro["precision"] == pytest.approx(0.5)
+
+
+def test_label_counts_that_blew_up_memory_are_refused():
+    import bloodcv.eval
+    with pytest.raises(ValueError, match="30000 labels: at most 4096"):
+        bloodcv.eval.evaluate_classification([0], [0], [str(i) for i in range(30000)])
+    report = bloodcv.eval.evaluate_classification(list(range(600)), list(range(600)), [str(i) for i in range(600)])
+    with pytest.raises(ValueError, match="at most 150 labels are drawn"):
+        report.confusion_image()
+
+
+@pytest.mark.parametrize("size", [(0, 0), (-5, 100)])
+def test_merging_into_an_empty_image_size_is_refused(size):
+    tiles = bloodcv.GridTiler(tile_size=(64, 64), overlap=0).plan((128, 64))
+    boxes = [np.array([[1, 1, 10, 10]], np.float32), np.zeros((0, 4), np.float32)]
+    scores = [np.array([0.9], np.float32), np.zeros(0, np.float32)]
+    with pytest.raises(ValueError, match="image_size must be positive"):
+        bloodcv.merge_tile_detections(tiles, boxes, scores, image_size=size)
+
+
+def test_nms_survives_another_thread_writing_nan_into_its_input():
+    # The arrays are copied before the GIL is released; before, a NaN written after validation crashed.
+    result = run_isolated("""
+        import threading, numpy as np, bloodcv
+        rng = np.random.default_rng(0)
+        xy = rng.random((20000, 2), dtype=np.float32) * 1000
+        boxes = np.concatenate([xy, xy + 20], 1).astype(np.float32)
+        scores = rng.random(20000, dtype=np.float32)
+        stop = threading.Event()
+        def vandal():
+            while not stop.is_set():
+                boxes[:, 2] = np.nan; boxes[:, 2] = boxes[:, 0] + 20
+                scores[:] = np.nan; scores[:] = 0.5
+        t = threading.Thread(target=vandal); t.start()
+        done = 0
+        for _ in range(100):
+            try:
+                bloodcv.nms(boxes, scores, 0.5); bloodcv.WeightedBoxFusion()(boxes, scores); done += 1
+            except ValueError:
+                pass  # validated a copy holding the NaN: refused, as it should be
+        stop.set(); t.join(); print("ok", done)
+        """, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith("ok")
