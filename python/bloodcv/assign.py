@@ -34,6 +34,19 @@ the assignment: PAA's positive posterior, OT's transport mass, 1 for other posit
 ground-truth boxes), as the C++ bloodcv::AssignResult."""
 
 
+def _boxes(x, name: str) -> torch.Tensor:
+    """x ([N, 4] tensor, numpy array or nested list) as a float tensor; any other shape is a ValueError naming it."""
+    t = x if isinstance(x, torch.Tensor) else torch.as_tensor(x, dtype=torch.float32)
+    if t.dim() != 2 or t.shape[1] != 4:
+        raise ValueError(f"{name} must have shape [N, 4], got {list(t.shape)}")
+    return t
+
+
+def _inputs(anchors, gt_boxes, gt_labels):
+    labels = gt_labels if isinstance(gt_labels, torch.Tensor) else torch.as_tensor(gt_labels, dtype=torch.long)
+    return _boxes(anchors, "anchors"), _boxes(gt_boxes, "gt_boxes"), labels
+
+
 def _result(tensors, gt_boxes) -> AssignResult:
     return AssignResult(*tensors, num_gts=int(gt_boxes.shape[0]))
 
@@ -60,6 +73,7 @@ class MaxIoUAssigner(LabelAssigner):
         self.args = (float(pos_iou_threshold), float(neg_iou_threshold), float(min_pos_iou), bool(match_low_quality))
 
     def assign(self, anchors, gt_boxes, gt_labels, pred_boxes=None, pred_scores=None, anchors_per_level=None) -> AssignResult:
+        anchors, gt_boxes, gt_labels = _inputs(anchors, gt_boxes, gt_labels)
         return _result(torch.ops.bloodcv.max_iou_assign(anchors, gt_boxes, gt_labels, *self.args), gt_boxes)
 
 
@@ -70,6 +84,7 @@ class AtssAssigner(LabelAssigner):
         self.top_k = int(top_k)
 
     def assign(self, anchors, gt_boxes, gt_labels, pred_boxes=None, pred_scores=None, anchors_per_level=None) -> AssignResult:
+        anchors, gt_boxes, gt_labels = _inputs(anchors, gt_boxes, gt_labels)
         levels = list(anchors_per_level) if anchors_per_level is not None else [anchors.shape[0]]
         return _result(torch.ops.bloodcv.atss_assign(anchors, gt_boxes, gt_labels, levels, self.top_k), gt_boxes)
 
@@ -83,6 +98,8 @@ class PaaAssigner(LabelAssigner):
     def assign(self, anchors, gt_boxes, gt_labels, pred_boxes=None, pred_scores=None, anchors_per_level=None) -> AssignResult:
         if pred_boxes is None or pred_scores is None:
             raise ValueError("PAA needs pred_boxes [A, 4] and pred_scores [A, C] (class probabilities)")
+        anchors, gt_boxes, gt_labels = _inputs(anchors, gt_boxes, gt_labels)
+        pred_boxes, pred_scores = _boxes(pred_boxes, "pred_boxes"), torch.as_tensor(pred_scores)
         levels = list(anchors_per_level) if anchors_per_level is not None else [anchors.shape[0]]
         return _result(torch.ops.bloodcv.paa_assign(anchors, gt_boxes, gt_labels, pred_boxes, pred_scores, levels, *self.args), gt_boxes)
 
@@ -96,6 +113,8 @@ class OtaAssigner(LabelAssigner):
     def assign(self, anchors, gt_boxes, gt_labels, pred_boxes=None, pred_scores=None, anchors_per_level=None) -> AssignResult:
         if pred_boxes is None or pred_scores is None:
             raise ValueError("OTA needs pred_boxes [A, 4] and pred_scores [A, C] (class probabilities)")
+        anchors, gt_boxes, gt_labels = _inputs(anchors, gt_boxes, gt_labels)
+        pred_boxes, pred_scores = _boxes(pred_boxes, "pred_boxes"), torch.as_tensor(pred_scores)
         return _result(torch.ops.bloodcv.ota_assign(anchors, gt_boxes, gt_labels, pred_boxes, pred_scores, *self.args), gt_boxes)
 
 

@@ -8,11 +8,27 @@ namespace {
 
 py::object parse_json(const std::string& text) { return py::module_::import("json").attr("loads")(text); }
 
+// Runs convert(value) for images[name]; a value of the wrong type (pybind's "Unable to cast", Python's "not
+// iterable", numpy's "could not convert") becomes a TypeError that names the image and says what was expected.
+template <class Convert>
+void per_image(const py::handle& name, const py::handle& value, const char* expected, Convert&& convert) {
+  try {
+    convert();
+  } catch (const py::cast_error&) {
+    throw py::type_error(fmt::format("images[{}] must be {}, got {}", py::repr(name).cast<std::string>(), expected,
+                                     py::repr(value).cast<std::string>().substr(0, 80)));
+  } catch (py::error_already_set& e) {
+    if (!e.matches(PyExc_TypeError) && !e.matches(PyExc_ValueError)) throw;
+    throw py::type_error(fmt::format("images[{}] must be {}, got {}", py::repr(name).cast<std::string>(), expected,
+                                     py::repr(value).cast<std::string>().substr(0, 80)));
+  }
+}
+
 // {image name: (boxes, labels[, ignore])} → ground truth.
 eval::GroundTruth ground_truth_from(const std::vector<std::string>& labels, const py::dict& images) {
   eval::GroundTruth gt;
   gt.labels = labels;
-  for (const auto& [name, value] : images) {
+  for (const auto& [name, value] : images) per_image(name, value, "(boxes (N, 4), labels (N,)[, ignore (N,)])", [&, name = name, value = value] {
     const py::tuple t = py::cast<py::tuple>(value);
     if (t.size() < 2 || t.size() > 3) throw py::value_error("each image needs (boxes, labels[, ignore])");
     const auto boxes = py::cast<FloatArray>(t[0]);
@@ -25,7 +41,7 @@ eval::GroundTruth ground_truth_from(const std::vector<std::string>& labels, cons
     if (ignore.size() != span.size()) throw py::value_error("ignore and boxes differ in length");
     for (std::size_t i = 0; i < span.size(); ++i) image.boxes.push_back({span[i], lab.data()[i], ignore[i]});
     gt.images.push_back(std::move(image));
-  }
+  });
   return gt;
 }
 
@@ -33,12 +49,12 @@ eval::GroundTruth ground_truth_from(const std::vector<std::string>& labels, cons
 eval::Predictions predictions_from(const std::vector<std::string>& labels, const py::dict& images) {
   eval::Predictions p;
   p.labels = labels;
-  for (const auto& [name, value] : images) {
+  for (const auto& [name, value] : images) per_image(name, value, "(boxes (N, 4), scores (N,), labels (N,))", [&, name = name, value = value] {
     const py::tuple t = py::cast<py::tuple>(value);
     if (t.size() != 3) throw py::value_error("each image needs (boxes, scores, labels)");
     p.images.push_back({py::cast<std::string>(name),
                         detections_of(py::cast<FloatArray>(t[0]), py::cast<FloatArray>(t[1]), std::optional<LabelArray>(py::cast<LabelArray>(t[2])))});
-  }
+  });
   return p;
 }
 
@@ -51,15 +67,16 @@ std::vector<std::string> image_names(const py::object& images) {
 
 std::map<std::string, std::vector<eval::TypedBox>> typed_boxes(const py::dict& images) {
   std::map<std::string, std::vector<eval::TypedBox>> out;
-  for (const auto& [name, value] : images) {
+  for (const auto& [name, value] : images) per_image(name, value, "a list of (box [x1, y1, x2, y2], type name[, score])", [&, name = name, value = value] {
     auto& cells = out[py::cast<std::string>(name)];
     for (const py::handle cell : value) {
       const py::tuple t = py::cast<py::tuple>(cell);
+      if (t.size() < 2 || t.size() > 3) throw py::value_error("each cell needs (box, type[, score])");
       const auto box = py::cast<std::vector<float>>(t[0]);
       if (box.size() != 4) throw py::value_error("a box needs 4 numbers");
       cells.push_back({{box[0], box[1], box[2], box[3]}, py::cast<std::string>(t[1]), t.size() > 2 ? py::cast<float>(t[2]) : 1.f});
     }
-  }
+  });
   return out;
 }
 

@@ -456,7 +456,10 @@ void bind_runtime(py::module_& m) {
       .def(
           "analyze",
           [](const Pipeline& self, const py::object& image) {
-            if (image.is_none()) throw py::type_error("image must be a path, a numpy array or an ImageSource, got None");
+            if (image.is_none() || !(py::isinstance<ImageSource>(image) || py::isinstance<py::str>(image) || py::hasattr(image, "__fspath__") ||
+                                     py::hasattr(image, "__array_interface__") || py::hasattr(image, "__array__")))
+              throw py::type_error(fmt::format("image must be a path, a numpy array or an ImageSource, got {}",
+                                               py::str(py::type::handle_of(image).attr("__name__")).cast<std::string>()));
             if (py::isinstance<ImageSource>(image)) {
               const ImageSource& source = image.cast<const ImageSource&>();
               py::gil_scoped_release release;

@@ -140,3 +140,30 @@ def test_nms_survives_another_thread_writing_nan_into_its_input():
         """, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.startswith("ok")
+
+
+@pytest.mark.parametrize("call, error, message", [
+    ("bloodcv.eval.evaluate_chain({'a': [1]}, {})", TypeError,
+     r"images\['a'\] must be a list of \(box \[x1, y1, x2, y2\], type name\[, score\]\), got \[1\]"),
+    ("bloodcv.eval.evaluate_chain({'a': 5}, {})", TypeError, r"images\['a'\] must be a list of \(box"),
+    ("bloodcv.eval.ground_truth(['WBC'], {'a': (np.zeros((1, 4)), 'WBC')})", TypeError,
+     r"images\['a'\] must be \(boxes \(N, 4\), labels \(N,\)\[, ignore \(N,\)\]\)"),
+    ("bloodcv.eval.predictions(['WBC'], {'a': 7})", TypeError, r"images\['a'\] must be \(boxes \(N, 4\), scores \(N,\), labels \(N,\)\)"),
+    ("bloodcv.assign.AtssAssigner().assign(torch.tensor(1.0), torch.zeros(0, 4), torch.zeros(0, dtype=torch.long))", ValueError,
+     r"anchors must have shape \[N, 4\], got \[\]"),
+    ("bloodcv.assign.MaxIoUAssigner().assign([[0, 0, 1, 1]], [[0, 0, 1, 2, 3]], [0])", ValueError, r"gt_boxes must have shape \[N, 4\], got \[1, 5\]"),
+    ("PIPELINE.analyze(None)", TypeError, "image must be a path, a numpy array or an ImageSource, got NoneType"),
+    ("PIPELINE.analyze(5)", TypeError, "image must be a path, a numpy array or an ImageSource, got int"),
+])
+def test_wrong_types_get_errors_that_name_the_input(call, error, message):
+    import bloodcv.assign  # noqa: F401
+    import bloodcv.eval  # noqa: F401
+    pipeline = bloodcv.Pipeline(bloodcv.TorchScriptDetector(f"{bloodcv.default_model_dir()}/cell_detector.pt"))
+    with pytest.raises(error, match=message):
+        eval(call, {"bloodcv": bloodcv, "torch": torch, "np": np, "PIPELINE": pipeline})
+
+
+def test_assigners_take_lists_as_tensors():
+    import bloodcv.assign
+    from_lists = bloodcv.assign.MaxIoUAssigner().assign([[0, 0, 10, 10], [20, 20, 30, 30]], [[0, 0, 10, 10]], [2])
+    assert from_lists.gt_index.tolist() == [0, bloodcv.assign.BACKGROUND] and from_lists.labels.tolist() == [2, -1]
