@@ -134,6 +134,14 @@ TEST_CASE("IoU-aware NMS ranks by score^(1-a) * iou^a", "[nms]") {
   CHECK(s.keep == Keep{1});  // sqrt(0.8 * 1.0) = 0.894 beats sqrt(0.9 * 0.25) = 0.474
   CHECK(s.scores[0] == Approx(std::sqrt(0.8)));
   CHECK_THROWS_WITH(IouAwareNms().suppress({boxes, scores}), Contains("predicted_ious"));
+  // alpha 0.2, where swapped exponents would choose the other box: 0.9^0.8 * 0.5^0.2 = 0.800 beats
+  // 0.5^0.8 * 1^0.2 = 0.574 (swapped: 0.562 against 0.871).
+  IouAwareNmsOptions o;
+  o.alpha = 0.2f;
+  const std::vector<float> scores2{0.9f, 0.5f}, ious2{0.5f, 1.0f};
+  const Suppression a = IouAwareNms(o).suppress({boxes, scores2, {}, ious2});
+  CHECK(a.keep == Keep{0});
+  CHECK(a.scores[0] == Approx(std::pow(0.9, 0.8) * std::pow(0.5, 0.2)));
 }
 
 TEST_CASE("weighted box fusion on a hand-computed pair", "[nms][wbf]") {
