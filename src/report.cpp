@@ -257,9 +257,9 @@ ReportPaths write_reports(const cv::Mat& image, const AnalysisResult& result, co
   files.add(paths.overlay, [&](const std::string& partial) {
     if (!cv::imwrite(partial, draw_overlay(image, result))) throw std::runtime_error(fmt::format("cannot write '{}'", paths.overlay));
   });
-  files.add_text(paths.json, to_json(result, image_path));
   files.add_text(paths.csv, to_csv(result));
   files.add_text(paths.coco, to_coco_results(result, image_id));
+  files.add_text(paths.json, to_json(result, image_path));  // renamed last: it marks the image done (analyze --resume)
   files.commit();
   return paths;
 }
@@ -317,9 +317,9 @@ ReportPaths write_slide_reports(const ImageSource& source, const AnalysisResult&
   files.add(paths.density, [&](const std::string& partial) {
     if (!cv::imwrite(partial, pictures.density)) throw std::runtime_error(fmt::format("cannot write '{}'", paths.density));
   });
-  files.add_text(paths.json, to_json(result, source.name()));
   files.add_text(paths.csv, to_csv(result));
   files.add_text(paths.coco, to_coco_results(result, image_id));
+  files.add_text(paths.json, to_json(result, source.name()));  // renamed last: it marks the slide done (analyze --resume)
   files.commit();
   return paths;
 }

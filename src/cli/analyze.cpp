@@ -2,7 +2,9 @@
 // an overlay, JSON, CSV and COCO results for each, and a summary over all images.
 #include <algorithm>
 #include <filesystem>
+#include <fstream>
 #include <iostream>
+#include <optional>
 #include <set>
 #include <sstream>
 #include <thread>
@@ -30,7 +32,7 @@ struct AnalyzeCommand {
   bool no_optimize = false;
   std::optional<float> score_threshold, uncertain_below;
   std::optional<double> mpp;
-  bool whole_image = false, keep_background = false;
+  bool whole_image = false, keep_background = false, resume = false;
   std::string scheduler;
   std::optional<int> regions_per_task;
 };
@@ -38,7 +40,7 @@ struct AnalyzeCommand {
 // Many slides on a Dask cluster: bloodcv.distributed does it, with the same options.
 int run_distributed(const AnalyzeCommand& cmd) {
   if (!cmd.config.empty() || !cmd.tile.empty() || cmd.overlap || cmd.whole_image || !cmd.stain_normalize.empty() || cmd.score_threshold ||
-      cmd.uncertain_below || !cmd.classify_labels.empty() || !cmd.device.empty() || cmd.batch_size)
+      cmd.uncertain_below || !cmd.classify_labels.empty() || !cmd.device.empty() || cmd.batch_size || cmd.resume)
     throw std::invalid_argument("--scheduler takes --detector, --classifier, --mpp, --keep-background, --precision, --regions-per-task and --out; "
                                 "the other options run without it");
   std::vector<std::string> args(cmd.inputs.begin(), cmd.inputs.end());
@@ -147,13 +149,61 @@ std::string counts_line(const std::map<std::string, int>& counts) {
   return s;
 }
 
-// The output directory, made before any image is analysed: a path that is a file fails here, once.
+// The output directory, made before any image is analysed: a path that is a file fails here, once. Files
+// half-written by a run that was killed (AtomicFiles' hidden ".partial." names) are removed.
 void prepare_output_dir(const fs::path& out) {
   std::error_code ec;
   if (fs::exists(out, ec) && !fs::is_directory(out, ec))
     throw std::runtime_error(fmt::format("--out '{}' exists and is not a directory", out.string()));
   fs::create_directories(out, ec);
   if (ec) throw std::runtime_error(fmt::format("--out '{}': cannot create the directory: {}", out.string(), ec.message()));
+  for (const auto& entry : fs::directory_iterator(out, ec))
+    if (entry.path().filename().string().rfind(".partial.", 0) == 0) fs::remove(entry.path(), ec);
+}
+
+// What a run knows of one analysed image: its summary entry, its COCO image and results, and the counts
+// for the table.
+struct Done {
+  json entry, coco_image, coco_results;
+  std::map<std::string, int> counts, type_counts;
+};
+
+// An image's reports from an earlier run (--resume): complete (the JSON report is renamed last, after the
+// others) and of the same input path; nullopt otherwise, and the image is analysed again.
+std::optional<Done> earlier_reports(const fs::path& out, const std::string& stem, const fs::path& image, std::int64_t image_id) {
+  const fs::path report = out / (stem + ".json");
+  std::error_code ec;
+  if (!fs::is_regular_file(report, ec)) return std::nullopt;
+  json doc;
+  try {
+    std::ifstream in(report);
+    doc = json::parse(in);
+    if (doc.at("image").at("path").get<std::string>() != image.string()) return std::nullopt;
+    const bool slide = doc.contains("slide");
+    for (const char* suffix : {".csv", ".coco.json", slide ? ".overview.jpg" : ".overlay.jpg"})
+      if (!fs::is_regular_file(out / (stem + suffix), ec)) return std::nullopt;
+    if (slide && !fs::is_regular_file(out / (stem + ".density.jpg"), ec)) return std::nullopt;
+    Done d;
+    d.counts = doc.at("counts").get<std::map<std::string, int>>();
+    d.type_counts = doc.at("type_counts").get<std::map<std::string, int>>();
+    d.entry = {{"id", image_id}, {"path", image.string()}, {"report", report.string()}, {"counts", doc.at("counts")},
+               {"type_counts", doc.at("type_counts")}, {"differential_percent", doc.at("differential_percent")},
+               {"differential_cells", doc.at("differential_cells")}, {"differential_note", doc.at("differential_note")},
+               {"total_ms", doc.at("timings_ms").at("total")}};
+    if (slide) {
+      const json& s = doc.at("slide");
+      d.entry["slide"] = {{"tiles", doc.at("tiles")}, {"tiles_skipped", s.at("tiles_skipped")}, {"downsample", s.at("downsample")},
+                          {"level", s.at("level")}, {"density", (out / (stem + ".density.jpg")).string()}};
+    }
+    d.coco_image = {{"id", image_id}, {"file_name", image.filename().string()}, {"width", doc.at("image").at("width")},
+                    {"height", doc.at("image").at("height")}};
+    std::ifstream coco(out / (stem + ".coco.json"));
+    d.coco_results = json::parse(coco);
+    for (json& det : d.coco_results) det["image_id"] = image_id;
+    return d;
+  } catch (const std::exception&) {  // unreadable or of another schema: analysed again
+    return std::nullopt;
+  }
 }
 
 int run_analyze(const AnalyzeCommand& cmd) {
@@ -170,11 +220,28 @@ int run_analyze(const AnalyzeCommand& cmd) {
                {"images", json::array()}};
   json coco_images = json::array(), coco_results = json::array();
   std::map<std::string, int> total_counts, total_types;
-  std::vector<std::pair<std::string, AnalysisResult>> table;
+  std::vector<std::pair<std::string, Done>> table;
   json failures = json::array();
+  std::size_t resumed = 0;
+  const auto record = [&](const fs::path& path, Done d) {
+    for (const auto& [k, n] : d.counts) total_counts[k] += n;
+    for (const auto& [k, n] : d.type_counts) total_types[k] += n;
+    summary["images"].push_back(d.entry);
+    coco_images.push_back(d.coco_image);
+    for (json& det : d.coco_results) coco_results.push_back(std::move(det));
+    table.emplace_back(path.filename().string(), std::move(d));
+  };
   for (std::size_t i = 0; i < images.size(); ++i) {
     const fs::path& path = images[i];
     const auto image_id = static_cast<std::int64_t>(i + 1);
+    if (cmd.resume) {
+      if (auto earlier = earlier_reports(cmd.out, stems[i], path, image_id)) {
+        fmt::print("[{}/{}] {}: done by an earlier run (its report is kept)\n", i + 1, images.size(), path.filename().string());
+        record(path, std::move(*earlier));
+        ++resumed;
+        continue;
+      }
+    }
     try {
       AnalysisResult r;
       ReportPaths written;
@@ -200,19 +267,20 @@ int run_analyze(const AnalyzeCommand& cmd) {
       fmt::print("[{}/{}] {}: {} cells ({}){} in {:.0f} ms\n", i + 1, images.size(), path.filename().string(), r.cells.size(),
                  counts_line(r.counts), r.type_counts.empty() ? "" : "; types: " + counts_line(r.type_counts), r.timings.total_ms);
       std::fflush(stdout);
-      for (const auto& [k, n] : r.counts) total_counts[k] += n;
-      for (const auto& [k, n] : r.type_counts) total_types[k] += n;
-      summary["images"].push_back({{"id", image_id}, {"path", path.string()}, {"report", written.json}, {"counts", r.counts},
-                                   {"type_counts", r.type_counts}, {"differential_percent", r.differential},
-                                   {"differential_cells", r.differential_cells}, {"differential_note", r.differential_note},
-                                   {"total_ms", r.timings.total_ms}});
+      Done d;
+      d.counts = r.counts;
+      d.type_counts = r.type_counts;
+      d.entry = {{"id", image_id}, {"path", path.string()}, {"report", written.json}, {"counts", r.counts},
+                 {"type_counts", r.type_counts}, {"differential_percent", r.differential},
+                 {"differential_cells", r.differential_cells}, {"differential_note", r.differential_note},
+                 {"total_ms", r.timings.total_ms}};
       if (r.slide)
-        summary["images"].back()["slide"] = {{"tiles", r.tiles}, {"tiles_skipped", r.slide->tiles_skipped}, {"downsample", r.slide->downsample},
-                                             {"level", r.slide->level}, {"density", written.density}};
-      coco_images.push_back({{"id", image_id}, {"file_name", path.filename().string()}, {"width", r.image_size.width},
-                             {"height", r.image_size.height}});
-      for (auto& det : json::parse(to_coco_results(r, image_id))) coco_results.push_back(std::move(det));
-      table.emplace_back(path.filename().string(), std::move(r));
+        d.entry["slide"] = {{"tiles", r.tiles}, {"tiles_skipped", r.slide->tiles_skipped}, {"downsample", r.slide->downsample},
+                            {"level", r.slide->level}, {"density", written.density}};
+      d.coco_image = {{"id", image_id}, {"file_name", path.filename().string()}, {"width", r.image_size.width},
+                      {"height", r.image_size.height}};
+      d.coco_results = json::parse(to_coco_results(r, image_id));
+      record(path, std::move(d));
     } catch (const std::exception& e) {
       failures.push_back({{"path", path.string()}, {"error", e.what()}});
       std::cerr << fmt::format("[{}/{}] {}: error: {}\n", i + 1, images.size(), path.string(), e.what());
@@ -223,7 +291,7 @@ int run_analyze(const AnalyzeCommand& cmd) {
   std::vector<std::string> columns(detector_labels.begin(), detector_labels.end());
   for (const auto& [name, n] : total_types) columns.push_back(name);
   std::size_t name_width = 5;
-  for (const auto& [name, r] : table) name_width = std::max(name_width, name.size());
+  for (const auto& [name, d] : table) name_width = std::max(name_width, name.size());
   std::string header = fmt::format("{:<{}}", "image", name_width);
   for (const auto& c : columns) header += fmt::format(" {:>{}}", c, std::max<std::size_t>(c.size(), 5));
   fmt::print("\n{}\n", header);
@@ -235,7 +303,7 @@ int run_analyze(const AnalyzeCommand& cmd) {
     }
     fmt::print("{}\n", line);
   };
-  for (const auto& [name, r] : table) row(name, r.counts, r.type_counts);
+  for (const auto& [name, d] : table) row(name, d.counts, d.type_counts);
   if (table.size() > 1) row("total", total_counts, total_types);
 
   const Differential differential = differential_of(total_types);
@@ -254,7 +322,8 @@ int run_analyze(const AnalyzeCommand& cmd) {
   files.add_text((fs::path(cmd.out) / "coco_images.json").string(),
                  json{{"images", coco_images}, {"categories", categories}, {"annotations", json::array()}}.dump(1) + "\n");
   files.commit();
-  fmt::print("\nwrote {} report(s) and summary.json, coco_results.json, coco_images.json to {}/\n", table.size(), cmd.out);
+  fmt::print("\nwrote {} report(s){} and summary.json, coco_results.json, coco_images.json to {}/\n", table.size() - resumed,
+             resumed ? fmt::format(" (kept {} from an earlier run)", resumed) : "", cmd.out);
   if (!failures.empty()) fmt::print(stderr, "{} of {} image(s) failed\n", failures.size(), images.size());
   return failures.empty() ? 0 : 1;
 }
@@ -284,6 +353,9 @@ Runner add_analyze_command(CLI::App& app) {
   cmd->add_option("--mpp", a->mpp, "Microns per pixel of the inputs (level 0): read at the detector's training scale when its model file "
                                    "records one (default: a slide's own)")->check(CLI::PositiveNumber);
   cmd->add_flag("--keep-background", a->keep_background, "Run every tile of a slide, also those the tissue mask finds empty");
+  cmd->add_flag("--resume", a->resume,
+                "Keep the reports an earlier (interrupted) run wrote to --out for the same images, analyse the rest, and write the "
+                "summary over all of them");
   cmd->add_option("--scheduler", a->scheduler,
                   "Analyse on a Dask cluster (bloodcv.distributed): local, local:N (N local workers) or tcp://HOST:PORT");
   cmd->add_option("--regions-per-task", a->regions_per_task, "With --scheduler: tiles per Dask task (default 16)")->check(CLI::PositiveNumber);
