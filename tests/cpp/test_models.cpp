@@ -218,21 +218,33 @@ TEST_CASE("pipeline: tiles, merges across seams, classifies, counts", "[models][
   }
 }
 
-TEST_CASE("one pipeline serves several threads with identical results", "[models][pipeline]") {
+TEST_CASE("one pipeline shared by 8 threads x 200 analyses gives the sequential run's cells", "[models][pipeline]") {
   const Pipeline pipeline(std::make_shared<GridTiler>(GridTilerOptions{{256, 256}, 0.25}),
                           std::make_shared<TorchScriptDetector>(model("marker_yolo.pt")),
                           std::make_shared<TorchScriptClassifier>(model("color_classifier.pt")));
   std::vector<cv::Mat> images;
-  for (int i = 0; i < 4; ++i) images.push_back(smear({600, 400}, {{100 + 40 * i, 100, 50, 50}}, {{400, 50 + 30 * i, 40, 40}}));
-  std::vector<AnalysisResult> serial, parallel(images.size());
+  for (int i = 0; i < 8; ++i) images.push_back(smear({600, 400}, {{100 + 40 * i, 100, 50, 50}}, {{400, 30 + 30 * i, 40, 40}}));
+  std::vector<AnalysisResult> serial;
   for (const auto& im : images) serial.push_back(pipeline.analyze(im));
+  constexpr int kThreads = 8, kAnalyses = 200;
+  std::vector<int> mismatches(kThreads, 0);
   std::vector<std::thread> threads;
-  for (std::size_t i = 0; i < images.size(); ++i) threads.emplace_back([&, i] { parallel[i] = pipeline.analyze(images[i]); });
+  for (int t = 0; t < kThreads; ++t)
+    threads.emplace_back([&, t] {
+      for (int k = 0; k < kAnalyses; ++k) {
+        const std::size_t i = static_cast<std::size_t>(t + k) % images.size();  // every thread meets every image
+        const AnalysisResult r = pipeline.analyze(images[i]);
+        bool same = r.cells.size() == serial[i].cells.size();
+        for (std::size_t c = 0; same && c < r.cells.size(); ++c)
+          same = r.cells[c].detection.box == serial[i].cells[c].detection.box && r.cells[c].detection.label == serial[i].cells[c].detection.label &&
+                 r.cells[c].type.has_value() == serial[i].cells[c].type.has_value() &&
+                 (!r.cells[c].type || r.cells[c].type->label == serial[i].cells[c].type->label);
+        mismatches[static_cast<std::size_t>(t)] += !same;
+      }
+    });
   for (auto& t : threads) t.join();
-  for (std::size_t i = 0; i < images.size(); ++i) {
-    REQUIRE(parallel[i].cells.size() == serial[i].cells.size());
-    for (std::size_t c = 0; c < serial[i].cells.size(); ++c) CHECK(parallel[i].cells[c].detection.box == serial[i].cells[c].detection.box);
-  }
+  CHECK(serial[0].cells.size() == 2);
+  CHECK(mismatches == std::vector<int>(kThreads, 0));
 }
 
 TEST_CASE("reports are written whole or not at all", "[models][pipeline]") {
