@@ -19,6 +19,8 @@ PACKAGES=(
   postgresql chromium chromium-driver python3-selenium
   # whole slides: OpenSlide (C library and its tools), libvips to make test slides, Dask for many slides
   libopenslide-dev openslide-tools libvips-tools python3-dask python3-distributed
+  # scripts/fuzz.sh: clang and its libFuzzer runtime (libclang_rt.fuzzer, with the sanitizer runtimes)
+  clang libclang-rt-14-dev
 )
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "check.hpp"
+#include "json_integers.hpp"
 
 namespace bloodcv {
 
@@ -197,6 +198,8 @@ class Entry {
   T get(const char* key, T fallback) {
     read_.insert(key);
     if (!j_.contains(key)) return fallback;
+    if (!detail::holds_integer<T>(j_.at(key)))
+      fail_argument("decoder '{}': {} must be whole numbers within the range of the type it is read into", kind_, key);
     try {
       return j_.at(key).get<T>();
     } catch (const json::exception& e) {

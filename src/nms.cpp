@@ -154,7 +154,8 @@ Suppression SoftNms::suppress(const ScoredBoxes& in) const {
   std::vector<std::int32_t> kept;
   while (!heap.empty()) {
     if (options_.max_detections != kNoLimit && static_cast<std::int64_t>(kept.size()) >= options_.max_detections) break;
-    const auto [s, i] = heap.top();
+    const float s = heap.top().first;  // named, not a structured binding: the lambda below captures i
+    const std::int32_t i = heap.top().second;
     heap.pop();
     const auto ui = static_cast<std::size_t>(i);
     if (done[ui] || s != score[ui]) continue;

@@ -20,6 +20,7 @@
 
 #include "bloodcv/image.hpp"
 #include "check.hpp"
+#include "json_integers.hpp"
 
 namespace bloodcv {
 
@@ -443,6 +444,19 @@ void check_keys(const nlohmann::json& object, std::initializer_list<const char*>
   }
 }
 
+// A config is a few levels deep. nlohmann::json parses any depth but recurses to copy or write a value
+// (stain_target is written out): a file nested tens of thousands of levels deep overflowed the stack.
+constexpr int kMaxConfigDepth = 32;
+
+nlohmann::json parse_config(std::istream& in) {
+  using json = nlohmann::json;
+  return json::parse(in, [](int depth, json::parse_event_t event, json&) {
+    if ((event == json::parse_event_t::object_start || event == json::parse_event_t::array_start) && depth >= kMaxConfigDepth)
+      throw std::runtime_error(fmt::format("nested more than {} levels deep", kMaxConfigDepth));
+    return true;
+  });
+}
+
 }  // namespace
 
 PipelineConfig load_pipeline_config(const std::string& path) {
@@ -454,7 +468,7 @@ PipelineConfig load_pipeline_config(const std::string& path) {
   const std::filesystem::path base = std::filesystem::path(path).parent_path();
   auto resolve = [&](const std::string& p) { return std::filesystem::path(p).is_absolute() ? p : (base / p).string(); };
   try {
-    const nlohmann::json j = nlohmann::json::parse(in);
+    const nlohmann::json j = parse_config(in);
     if (!j.is_object()) throw std::runtime_error("the top level must be an object");
     check_keys(j, {"detector", "classifier", "tile", "overlap", "whole_image", "classify_labels", "device", "precision", "batch_size",
                    "threads", "optimize", "score_threshold", "merge", "stain_normalize", "stain_target", "stain_before_detection", "uncertain_below"}, "");
@@ -468,8 +482,15 @@ PipelineConfig load_pipeline_config(const std::string& path) {
     if (j.contains("classifier") && j.at("classifier").is_null()) c.classifier.reset();
     if (j.contains("detector")) c.detector = resolve(j.at("detector").get<std::string>());
     if (j.contains("classifier") && !j.at("classifier").is_null()) c.classifier = resolve(j.at("classifier").get<std::string>());
+    // A whole number within the type's range (json_integers.hpp), or the fallback when absent.
+    auto integer = [&](const char* key, auto fallback) {
+      if (!j.contains(key)) return fallback;
+      if (!detail::holds_integer<decltype(fallback)>(j.at(key)))
+        throw std::runtime_error(fmt::format("{} must be whole numbers within the range of int", key));
+      return j.at(key).get<decltype(fallback)>();
+    };
     if (j.contains("tile")) {
-      const auto t = j.at("tile").get<std::vector<int>>();
+      const auto t = integer("tile", std::vector<int>{});
       if (t.size() != 2) throw std::runtime_error("tile must be [width, height]");
       c.tile = cv::Size(t[0], t[1]);
     }
@@ -478,8 +499,8 @@ PipelineConfig load_pipeline_config(const std::string& path) {
     c.classify_labels = j.value("classify_labels", c.classify_labels);
     c.runtime.device = j.value("device", c.runtime.device);
     c.runtime.precision = j.value("precision", c.runtime.precision);
-    c.runtime.batch_size = j.value("batch_size", c.runtime.batch_size);
-    c.runtime.threads = j.value("threads", c.runtime.threads);
+    c.runtime.batch_size = integer("batch_size", c.runtime.batch_size);
+    c.runtime.threads = integer("threads", c.runtime.threads);
     c.runtime.optimize = j.value("optimize", c.runtime.optimize);
     if (j.contains("score_threshold") && !j.at("score_threshold").is_null()) c.score_threshold = j.at("score_threshold").get<float>();
     if (j.contains("merge")) {

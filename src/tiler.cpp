@@ -89,6 +89,9 @@ std::vector<Tile> GridTiler::tiles(const cv::Mat& image) const {
 }
 
 std::vector<Detection> to_image_coordinates(std::vector<Detection> detections, const Tile& tile, cv::Size image_size) {
+  // Clipping to an empty or negative extent would drop every box without a word.
+  if (image_size.width <= 0 || image_size.height <= 0)
+    fail_argument("image_size must be positive, got {}x{}", image_size.width, image_size.height);
   const cv::Rect& r = tile.region;
   std::vector<Detection> out;
   out.reserve(detections.size());

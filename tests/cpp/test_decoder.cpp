@@ -160,3 +160,19 @@ TEST_CASE("decoders by kind: each reads its own keys; new kinds can be registere
   CHECK(std::find(kinds.begin(), kinds.end(), "center_only") != kinds.end());
   CHECK(make_decoder(R"({"kind": "center_only"})", context).decoder != nullptr);
 }
+
+TEST_CASE("integer keys beyond their type's range are refused instead of cast", "[decoder][errors]") {
+  // tests/fuzz/regressions/fuzz_model_metadata: 1e30 as max_detections or a stride was cast to an integer
+  // (undefined behaviour; INT_MIN in practice).
+  const DecoderContext context{3, {64, 64}};
+  CHECK_THROWS_WITH(make_decoder(R"({"kind": "yolov5", "max_detections": 1e30})", context),
+                    Contains("decoder 'yolov5': max_detections must be whole numbers within the range"));
+  CHECK_THROWS_WITH(make_decoder(R"({"kind": "anchor", "strides": [8, 1e30], "sizes": [8, 16]})", context),
+                    Contains("decoder 'anchor': strides must be whole numbers"));
+  CHECK_THROWS_WITH(make_decoder(R"({"kind": "anchor", "strides": [8, 4294967304], "sizes": [8, 16]})", context),
+                    Contains("strides"));  // would wrap to 8
+  CHECK_THROWS_WITH(make_decoder(R"({"kind": "anchor", "pre_nms_top_k": -1})", context), Contains("pre_nms_top_k"));
+  CHECK_THROWS_WITH(make_decoder(R"({"kind": "anchor", "strides": [8.5], "sizes": [8]})", context), Contains("strides"));
+  // Whole floats within range are read as before.
+  CHECK(make_decoder(R"({"kind": "yolov5", "max_detections": 100.0})", context).decoder != nullptr);
+}

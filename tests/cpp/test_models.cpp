@@ -305,6 +305,37 @@ TEST_CASE("pipeline configs: absent keys are the defaults, unknown keys are refu
   fs::remove_all(dir);
 }
 
+TEST_CASE("a pipeline config nested too deeply is refused instead of overflowing the stack", "[pipeline][errors]") {
+  // tests/fuzz/regressions/fuzz_pipeline_config: 100,000 levels under stain_target crashed when it was written out.
+  namespace fs = std::filesystem;
+  const fs::path file = fs::temp_directory_path() / ("bloodcv_deep_config_" + std::to_string(::getpid()) + ".json");
+  const int levels = 100000;
+  std::ofstream(file) << R"({"stain_normalize": "reinhard", "stain_target": {"mean": )" << std::string(levels, '[')
+                      << std::string(levels, ']') << "}}";
+  CHECK_THROWS_WITH(load_pipeline_config(file.string()), Contains(file.filename().string()) && Contains("nested more than 32 levels deep"));
+  // 32 levels are read: the depth a config needs is 4.
+  std::ofstream(file) << R"({"stain_target": {"a": )" << std::string(30, '[') << std::string(30, ']') << "}}";
+  CHECK(load_pipeline_config(file.string()).stain_target);
+  fs::remove(file);
+}
+
+TEST_CASE("pipeline config integers beyond int's range are refused instead of cast", "[pipeline][errors]") {
+  // tests/fuzz/regressions/fuzz_pipeline_config: 1e30 as batch_size or a tile side was cast to int
+  // (undefined behaviour; INT_MIN in practice).
+  namespace fs = std::filesystem;
+  const fs::path file = fs::temp_directory_path() / ("bloodcv_int_config_" + std::to_string(::getpid()) + ".json");
+  auto load = [&](const std::string& text) {
+    std::ofstream(file) << text;
+    return load_pipeline_config(file.string());
+  };
+  CHECK_THROWS_WITH(load(R"({"batch_size": 1e30})"), Contains("batch_size must be whole numbers within the range of int"));
+  CHECK_THROWS_WITH(load(R"({"threads": 4294967297})"), Contains("threads"));  // would wrap to 1
+  CHECK_THROWS_WITH(load(R"({"tile": [1e30, 64]})"), Contains("tile must be whole numbers"));
+  CHECK_THROWS_WITH(load(R"({"tile": [640.5, 640]})"), Contains("tile"));
+  CHECK(load(R"({"batch_size": 4.0, "tile": [320, 320]})").runtime.batch_size == 4);
+  fs::remove(file);
+}
+
 TEST_CASE("the differential leaves uncertain cells out and says why it is empty or partial", "[pipeline]") {
   const Differential d = differential_of({{"lymphocyte", 1}, {"neutrophil", 3}, {kUncertainType, 2}});
   CHECK(d.cells == 4);

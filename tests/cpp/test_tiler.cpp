@@ -179,6 +179,17 @@ TEST_CASE("bad tiler input names the argument and value", "[tiler][errors]") {
   CHECK_THROWS_WITH(SeamMerger().merge({{}}, {}, {10, 10}), Contains("1 tiles but 0"));
 }
 
+TEST_CASE("a zero or negative image size is refused by the mapping and by every merger", "[tiler][errors]") {
+  // Otherwise every box is clipped to nothing and dropped: no cells, and no word why.
+  const Tile tile{cv::Rect(0, 0, 64, 64), {}, false};
+  const std::vector<Detection> local{{{10, 10, 30, 30}, 0.9f, 0}};
+  CHECK_THROWS_WITH(to_image_coordinates(local, tile, {0, 64}), Contains("image_size must be positive, got 0x64"));
+  for (const char* strategy : {"seam", "nmm", "nms", "wbf", "soft-nms"}) {
+    INFO(strategy);
+    CHECK_THROWS_WITH(make_merger(strategy)->merge({local}, {tile}, {64, -5}), Contains("image_size must be positive, got 64x-5"));
+  }
+}
+
 TEST_CASE("a tile far larger than the image is refused, naming the sizes, instead of padded", "[tiler][errors]") {
   const cv::Mat image(480, 640, CV_8UC3, cv::Scalar::all(0));
   GridTilerOptions huge;

@@ -1,0 +1,94 @@
+// A model file's bloodcv.json (docs/model_format.md). Reading the archive needs LibTorch, so this target
+// takes what src/torchscript.cpp does with the JSON once loaded: the checks of labels and input_size it
+// makes first, then the decoder entry through make_decoder and each stain target through
+// make_stain_normalizer, as a detector and a classifier do at load. The decoder then decodes and
+// suppresses a fixed output of the shape it expects, and each stain normaliser normalises a small image.
+#include <cmath>
+#include <cstdint>
+#include <exception>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "bloodcv/decoder.hpp"
+#include "bloodcv/nms.hpp"
+#include "bloodcv/stain.hpp"
+#include "json_integers.hpp"
+
+namespace {
+
+using json = nlohmann::json;
+
+// Outputs larger than this are not made: the decoder's parsing is the point, not a large decode.
+constexpr std::int64_t kMaxOutputValues = 1 << 16;
+
+// A deterministic spread of values in [-scale, scale], or [0, scale] when non-negative: some scores above
+// the thresholds, boxes of various sizes.
+std::vector<float> pattern(std::int64_t n, float scale, bool non_negative) {
+  std::vector<float> values(static_cast<std::size_t>(n));
+  for (std::int64_t i = 0; i < n; ++i) {
+    const float v = scale * std::sin(0.7f * static_cast<float>(i));
+    values[static_cast<std::size_t>(i)] = non_negative ? std::abs(v) : v;
+  }
+  return values;
+}
+
+void decode_fixed_output(const bloodcv::DecoderSetup& setup, const json& entry, std::size_t num_classes) {
+  const auto classes = static_cast<std::int64_t>(num_classes);
+  std::vector<std::vector<float>> data;
+  std::vector<std::vector<std::int64_t>> shapes;
+  if (const auto* anchor = dynamic_cast<const bloodcv::AnchorDecoder*>(setup.decoder.get())) {
+    const auto a = static_cast<std::int64_t>(anchor->anchors().size());
+    if (a * (classes + 5) > kMaxOutputValues) return;
+    shapes = {{a, classes}, {a, 4}};
+    if (entry.value("iou_branch", false)) shapes.push_back({a});
+    for (const auto& shape : shapes) data.push_back(pattern(shape[0] * (shape.size() > 1 ? shape[1] : 1), 4.f, false));
+  } else {  // YOLOv5 rows: centre, positive size, objectness and class scores
+    if (8 * (classes + 5) > kMaxOutputValues) return;
+    shapes = {{8, 5 + classes}};
+    data.push_back(pattern(8 * (5 + classes), 40.f, true));
+    for (std::int64_t r = 0; r < 8; ++r)
+      for (std::int64_t c = 4; c < 5 + classes; ++c) data[0][static_cast<std::size_t>(r * (5 + classes) + c)] /= 40.f;
+  }
+  std::vector<bloodcv::TensorView> outputs;
+  for (std::size_t i = 0; i < shapes.size(); ++i) outputs.push_back({data[i].data(), shapes[i]});
+  bloodcv::suppress(*setup.suppressor, setup.decoder->decode(outputs));
+}
+
+void normalize_sample(const bloodcv::StainNormalizer& normalizer) {
+  cv::Mat image(16, 16, CV_8UC3);
+  for (int y = 0; y < image.rows; ++y)
+    for (int x = 0; x < image.cols; ++x) image.at<cv::Vec3b>(y, x) = cv::Vec3b(uchar(60 + 12 * x), uchar(40 + 9 * y), uchar(180 - 5 * x));
+  normalizer.normalize(image);
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+  const json meta = json::parse(data, data + size, nullptr, /*allow_exceptions=*/false);
+  if (meta.is_discarded() || !meta.is_object()) return 0;
+  try {  // the checks load_model makes before the decoder is built
+    const auto labels = meta.at("labels").get<std::vector<std::string>>();
+    // load_model reads input_size without this check: a side of 1e30 is cast to int there (undefined
+    // behaviour, tests/fuzz/regressions/open/), which would stop every run here.
+    if (!bloodcv::detail::holds_integer<std::vector<int>>(meta.at("input_size"))) return 0;
+    const auto input_size = meta.at("input_size").get<std::vector<int>>();
+    if (!labels.empty() && input_size.size() == 2 && input_size[0] > 0 && input_size[1] > 0 && meta.contains("decoder") &&
+        meta.at("decoder").is_object()) {
+      const json& entry = meta.at("decoder");
+      const bloodcv::DecoderSetup setup = bloodcv::make_decoder(entry.dump(), {labels.size(), cv::Size(input_size[0], input_size[1])});
+      decode_fixed_output(setup, entry, labels.size());
+    }
+  } catch (const std::exception&) {
+  }
+  if (meta.contains("stain") && meta.at("stain").is_object())
+    for (const auto& [method, target] : meta.at("stain").items()) {
+      if (method == "default") continue;
+      try {
+        normalize_sample(*bloodcv::make_stain_normalizer(method, target.dump()));
+      } catch (const std::exception&) {
+      }
+    }
+  return 0;
+}
