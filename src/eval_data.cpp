@@ -15,6 +15,8 @@
 
 #include "bloodcv/eval.hpp"
 
+#include "json_integers.hpp"
+
 namespace bloodcv::eval {
 
 namespace fs = std::filesystem;
@@ -52,6 +54,16 @@ double voc_coordinate(const pugi::xml_node& bndbox, const char* tag, const std::
   if (text.empty() || used != text.size())
     fail_file(file, fmt::format("object '{}': <{}> must be a number, got '{}'", object, tag, text));
   return value;
+}
+
+// An integer key of a COCO file, checked to be whole and within T before the cast (7.8e28 as an id was
+// undefined behaviour).
+template <class T>
+T integer_at(const json& object, const char* key, const fs::path& file) {
+  const json& value = object.at(key);
+  if (!detail::holds_integer<T>(value))
+    fail_file(file, fmt::format("\"{}\" must be a whole number within the range of its type, got {}", key, value.dump()));
+  return value.get<T>();
 }
 
 json read_json(const fs::path& path) {
@@ -169,19 +181,19 @@ GroundTruth read_coco(const std::string& path) {
   try {
     std::map<std::int64_t, std::int64_t> category_index;
     for (const auto& c : doc.at("categories")) {
-      category_index[c.at("id").get<std::int64_t>()] = static_cast<std::int64_t>(gt.labels.size());
+      category_index[integer_at<std::int64_t>(c, "id", path)] = static_cast<std::int64_t>(gt.labels.size());
       gt.labels.push_back(c.at("name").get<std::string>());
     }
     std::map<std::int64_t, std::size_t> image_index;
     for (const auto& im : doc.at("images")) {
-      image_index[im.at("id").get<std::int64_t>()] = gt.images.size();
-      gt.images.push_back({fs::path(im.at("file_name").get<std::string>()).stem().string(), {im.value("width", 0), im.value("height", 0)}, {}});
+      image_index[integer_at<std::int64_t>(im, "id", path)] = gt.images.size();
+      gt.images.push_back({fs::path(im.at("file_name").get<std::string>()).stem().string(), {im.contains("width") ? integer_at<int>(im, "width", path) : 0, im.contains("height") ? integer_at<int>(im, "height", path) : 0}, {}});
     }
     for (const auto& a : doc.at("annotations")) {
       const auto bbox = a.at("bbox").get<std::vector<double>>();
       if (bbox.size() != 4) fail_file(path, "an annotation's bbox must be [x, y, w, h]");
-      const auto im = image_index.find(a.at("image_id").get<std::int64_t>());
-      const auto cat = category_index.find(a.at("category_id").get<std::int64_t>());
+      const auto im = image_index.find(integer_at<std::int64_t>(a, "image_id", path));
+      const auto cat = category_index.find(integer_at<std::int64_t>(a, "category_id", path));
       if (im == image_index.end() || cat == category_index.end()) fail_file(path, "an annotation names an unknown image or category");
       gt.images[im->second].boxes.push_back(
           {checked_box(bbox[0], bbox[1], bbox[0] + bbox[2], bbox[1] + bbox[3], path), cat->second, a.value("iscrowd", 0) != 0});
@@ -204,17 +216,17 @@ Predictions read_coco_results(const fs::path& path, const json& results) {
   std::map<std::int64_t, std::int64_t> category_index;
   try {
     for (const auto& c : images.at("categories")) {
-      category_index[c.at("id").get<std::int64_t>()] = static_cast<std::int64_t>(p.labels.size());
+      category_index[integer_at<std::int64_t>(c, "id", images_file)] = static_cast<std::int64_t>(p.labels.size());
       p.labels.push_back(c.at("name").get<std::string>());
     }
     for (const auto& im : images.at("images")) {
-      image_index[im.at("id").get<std::int64_t>()] = p.images.size();
+      image_index[integer_at<std::int64_t>(im, "id", images_file)] = p.images.size();
       p.images.push_back({fs::path(im.at("file_name").get<std::string>()).stem().string(), {}});
     }
     for (const auto& r : results) {
       const auto bbox = r.at("bbox").get<std::vector<double>>();
-      const auto im = image_index.find(r.at("image_id").get<std::int64_t>());
-      const auto cat = category_index.find(r.at("category_id").get<std::int64_t>());
+      const auto im = image_index.find(integer_at<std::int64_t>(r, "image_id", path));
+      const auto cat = category_index.find(integer_at<std::int64_t>(r, "category_id", path));
       if (bbox.size() != 4 || im == image_index.end() || cat == category_index.end())
         fail_file(path, "a result has a bad bbox or an unknown image or category id");
       Detection d;

@@ -130,6 +130,15 @@ TEST_CASE("VOC objects with a non-numeric coordinate or no name are refused, nam
   std::filesystem::remove_all(dir);
 }
 
+TEST_CASE("COCO ids beyond int64's range are refused, not cast (the fuzzers' 7.8e28)", "[eval][errors]") {
+  const auto file = std::filesystem::temp_directory_path() / ("bloodcv_coco_big_" + std::to_string(::getpid()) + ".json");
+  std::ofstream(file) << R"({"images": [{"id": 77777777777777777777777777772, "file_name": "a.png"}], "categories": [], "annotations": []})";
+  CHECK_THROWS_WITH(read_coco(file.string()), Contains("\"id\" must be a whole number within the range of its type, got 7.777777777777778e+28"));
+  std::ofstream(file) << R"({"images": [{"id": 1, "file_name": "a.png", "width": 1.5}], "categories": [], "annotations": []})";
+  CHECK_THROWS_WITH(read_coco(file.string()), Contains("\"width\" must be a whole number"));
+  std::filesystem::remove(file);
+}
+
 TEST_CASE("macro averages count a class only predicted, as scikit-learn does", "[eval]") {
   // Truth a, a; predicted a, b: a has P 1, R 0.5, F1 2/3; b (never true) P 0, R 0, F1 0 and still counts.
   const ClassificationReport r = evaluate_classification({0, 0}, {0, 1}, {"a", "b", "c"});
