@@ -21,9 +21,6 @@ struct PooledDetections {
 
 PooledDetections pool(const std::vector<std::vector<Detection>>& per_tile, const std::vector<Tile>& tiles, cv::Size image_size) {
   if (per_tile.size() != tiles.size()) fail_argument("got detections for {} tiles but {} tiles", per_tile.size(), tiles.size());
-  // Boxes are clipped to the image: an empty one would collapse every box to a point.
-  if (image_size.width <= 0 || image_size.height <= 0)
-    fail_argument("image_size must be positive, got {}x{}", image_size.width, image_size.height);
   PooledDetections pooled;
   for (std::size_t t = 0; t < tiles.size(); ++t) {
     for (Detection& d : to_image_coordinates(per_tile[t], tiles[t], image_size)) {

@@ -6,6 +6,7 @@
 #include <array>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <optional>
 #include <string_view>
 #include <vector>
@@ -48,7 +49,9 @@ std::string_view to_string(BoxMetric metric);
 namespace detail {
 
 // The overlaps in arithmetic T: float as torchvision's kernels compute them (so that NMS decisions at the
-// threshold are bit-identical), double where float's range would overflow.
+// threshold are bit-identical), double where float's range overflows. Each returns NaN when an area or
+// extent on its way is not finite in T (boxes of more than about 1.8e19 pixels a side in float): one test
+// of a value already computed, as the NMS loops call these for every pair.
 template <class T>
 T intersection(const Box& a, const Box& b) {
   const T w = std::max(T(0), T(std::min(a.x2, b.x2)) - T(std::max(a.x1, b.x1)));
@@ -65,12 +68,14 @@ template <class T>
 T iou(const Box& a, const Box& b) {
   const T inter = intersection<T>(a, b);
   const T uni = area<T>(a) + area<T>(b) - inter;
+  if (!std::isfinite(uni)) return std::numeric_limits<T>::quiet_NaN();
   return uni > 0 ? inter / uni : T(0);
 }
 
 template <class T>
 T ios(const Box& a, const Box& b) {
-  const T smaller = std::min(area<T>(a), area<T>(b));
+  const T smaller = std::min(area<T>(a), area<T>(b));  // the intersection is no larger
+  if (!std::isfinite(smaller)) return std::numeric_limits<T>::quiet_NaN();
   return smaller > 0 ? intersection<T>(a, b) / smaller : T(0);
 }
 
@@ -79,6 +84,7 @@ T giou(const Box& a, const Box& b) {
   const T inter = intersection<T>(a, b);
   const T uni = area<T>(a) + area<T>(b) - inter;
   const T enclosing = (T(std::max(a.x2, b.x2)) - T(std::min(a.x1, b.x1))) * (T(std::max(a.y2, b.y2)) - T(std::min(a.y1, b.y1)));
+  if (!std::isfinite(uni) || !std::isfinite(enclosing)) return std::numeric_limits<T>::quiet_NaN();
   const T overlap = uni > 0 ? inter / uni : T(0);
   return enclosing > 0 ? overlap - (enclosing - uni) / enclosing : overlap;
 }
@@ -91,39 +97,38 @@ T diou(const Box& a, const Box& b) {
   const T ex = T(std::max(a.x2, b.x2)) - T(std::min(a.x1, b.x1));
   const T ey = T(std::max(a.y2, b.y2)) - T(std::min(a.y1, b.y1));
   const T diagonal2 = ex * ex + ey * ey + T(1e-7);
-  return iou<T>(a, b) - (dx * dx + dy * dy) / diagonal2;
+  if (!std::isfinite(diagonal2)) return std::numeric_limits<T>::quiet_NaN();  // it bounds the centre distance
+  return iou<T>(a, b) - (dx * dx + dy * dy) / diagonal2;  // NaN from iou where the areas overflowed
 }
 
-// Whether float arithmetic on the pair stays finite: every product above is at most the square of the
-// pair's enclosing extent (boxes up to about 1.8e19 pixels a side).
-inline bool fits_float(const Box& a, const Box& b) {
-  const float ex = std::max(a.x2, b.x2) - std::min(a.x1, b.x1), ey = std::max(a.y2, b.y2) - std::min(a.y1, b.y1);
-  return std::isfinite(ex * ex + ey * ey);
+// f<float>, or f<double> where float overflowed.
+template <class F>
+float in_range(F f) {
+  const float r = f(float{});
+  return std::isnan(r) ? static_cast<float>(f(double{})) : r;
 }
 
 }  // namespace detail
 
-inline float intersection(const Box& a, const Box& b) {
-  return detail::fits_float(a, b) ? detail::intersection<float>(a, b) : static_cast<float>(detail::intersection<double>(a, b));
-}
+inline float intersection(const Box& a, const Box& b) { return detail::intersection<float>(a, b); }
 
 // Degenerate pairs (zero union) give 0, never NaN.
 inline float iou(const Box& a, const Box& b) {
-  return detail::fits_float(a, b) ? detail::iou<float>(a, b) : static_cast<float>(detail::iou<double>(a, b));
+  return detail::in_range([&](auto t) { return detail::iou<decltype(t)>(a, b); });
 }
 
 inline float ios(const Box& a, const Box& b) {
-  return detail::fits_float(a, b) ? detail::ios<float>(a, b) : static_cast<float>(detail::ios<double>(a, b));
+  return detail::in_range([&](auto t) { return detail::ios<decltype(t)>(a, b); });
 }
 
 // Generalized IoU (Rezatofighi et al. 2019): IoU minus the share of the enclosing box that neither covers.
 inline float giou(const Box& a, const Box& b) {
-  return detail::fits_float(a, b) ? detail::giou<float>(a, b) : static_cast<float>(detail::giou<double>(a, b));
+  return detail::in_range([&](auto t) { return detail::giou<decltype(t)>(a, b); });
 }
 
 // Distance IoU (Zheng et al. 2020): IoU minus squared centre distance over the enclosing box's squared diagonal.
 inline float diou(const Box& a, const Box& b) {
-  return detail::fits_float(a, b) ? detail::diou<float>(a, b) : static_cast<float>(detail::diou<double>(a, b));
+  return detail::in_range([&](auto t) { return detail::diou<decltype(t)>(a, b); });
 }
 
 inline float overlap(const Box& a, const Box& b, BoxMetric metric) {

@@ -12,15 +12,17 @@ py::object parse_json(const std::string& text) { return py::module_::import("jso
 // iterable", numpy's "could not convert") becomes a TypeError that names the image and says what was expected.
 template <class Convert>
 void per_image(const py::handle& name, const py::handle& value, const char* expected, Convert&& convert) {
+  const auto wrong_type = [&] {
+    return py::type_error(fmt::format("images[{}] must be {}, got {}", py::repr(name).cast<std::string>(), expected,
+                                      py::repr(value).cast<std::string>().substr(0, 80)));
+  };
   try {
     convert();
   } catch (const py::cast_error&) {
-    throw py::type_error(fmt::format("images[{}] must be {}, got {}", py::repr(name).cast<std::string>(), expected,
-                                     py::repr(value).cast<std::string>().substr(0, 80)));
+    throw wrong_type();
   } catch (py::error_already_set& e) {
     if (!e.matches(PyExc_TypeError) && !e.matches(PyExc_ValueError)) throw;
-    throw py::type_error(fmt::format("images[{}] must be {}, got {}", py::repr(name).cast<std::string>(), expected,
-                                     py::repr(value).cast<std::string>().substr(0, 80)));
+    throw wrong_type();
   }
 }
 

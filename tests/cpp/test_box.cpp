@@ -82,3 +82,12 @@ TEST_CASE("invalid boxes are named with their index and value", "[box][errors]")
   CHECK_THROWS_WITH(validate_boxes(std::vector<Box>{{5, 0, 1, 1}}, "boxes"), Contains("x2 >= x1"));
   CHECK_THROWS_AS(parse_box_metric("dice"), std::invalid_argument);
 }
+
+TEST_CASE("long thin boxes whose extent squared overflows float keep their DIoU and GIoU", "[box]") {
+  // Areas of 2e19 fit float, the enclosing diagonal (2e19)^2 does not: centres 1e19 apart over a squared
+  // diagonal of 4e38 (+1) is a penalty of 0.25, and the IoU is 1 / 2e19.
+  const Box wide{0, 0, 2e19f, 1}, unit{0, 0, 1, 1};
+  CHECK(diou(wide, unit) == Approx(-0.25).margin(1e-6));
+  CHECK(giou(wide, unit) == Approx(0.0).margin(1e-6));
+  CHECK(iou(wide, wide) == 1.f);
+}
