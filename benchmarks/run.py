@@ -131,7 +131,7 @@ def write_results(section: str, lines: list[str]) -> Path:
     (results / f"{section}.md").write_text("\n".join(lines) + "\n")
     out = ROOT / "benchmarks" / "RESULTS.md"
     parts = ["# Benchmark results", "", "Each section is written by `.venv/bin/python benchmarks/run.py SECTION` "
-             "(sections: nms, pipeline, assign, slides); the machine below is the one the latest section ran on.", "",
+             "(sections: nms, pipeline, forward, assign, slides); the machine below is the one the latest section ran on.", "",
              "## Machine", ""] + machine()
     for f in sorted(results.glob("*.md")):
         parts += ["", f.read_text().rstrip()]
@@ -219,6 +219,10 @@ def main() -> None:
     pipe_p.add_argument("--detector", default=str(ROOT / "models" / "cell_detector.pt"))
     pipe_p.add_argument("--datasets", default=str(ROOT.parent / "shared" / "datasets"))
     pipe_p.add_argument("--quick", action="store_true")
+    fwd_p = sub.add_parser("forward", help="the detector's forward pass: as loaded, optimised, bfloat16, int8")
+    fwd_p.add_argument("--detector", default=str(ROOT / "models" / "cell_detector.pt"))
+    fwd_p.add_argument("--datasets", default=str(ROOT.parent / "shared" / "datasets"))
+    fwd_p.add_argument("--quick", action="store_true")
     assign_p = sub.add_parser("assign", help="OT Sinkhorn against plain PyTorch, PAA's EM against scikit-learn")
     assign_p.add_argument("--quick", action="store_true")
     slides_p = sub.add_parser("slides", help="peak memory and time against slide size; Dask scaling from 1 to 2 workers")
@@ -229,6 +233,9 @@ def main() -> None:
         lines = nms_section(args.quick)
     elif args.section == "assign":
         lines = assign_section(args.quick)
+    elif args.section == "forward":
+        from forward_bench import forward_section
+        lines = forward_section(Path(args.detector), Path(args.datasets), args.quick)
     elif args.section == "slides":
         from slide_bench import slides_section
         lines = slides_section(args.quick)

@@ -50,8 +50,8 @@ struct LoadedModel {
   int batch_size = 8;
   // The module frozen and optimised (RuntimeOptions::optimize), run when LibTorch has one intra-op thread.
   // On several, the module as loaded runs: fed NHWC input, its convolutions take oneDNN's multi-threaded path
-  // and beat the optimised graph (the bundled detector on 2 cores: 63 against 83 ms a batch; on one thread,
-  // 183 against 151 ms).
+  // and beat the optimised graph (`benchmarks/run.py forward`: the bundled detector on 2 threads, 51 against
+  // 86 ms a batch; on one, 176 against 144).
   std::optional<torch::jit::Module> single_thread;
 };
 
@@ -186,8 +186,8 @@ cv::Mat fit_to_input(const cv::Mat& bgr, const InputSpec& spec, InputTransform& 
 }
 
 // The normalised [n, 3, H, W] batch of the input-size 8-bit BGR images fit(0), ..., fit(n - 1), in
-// channels-last memory (NHWC: LibTorch's CPU convolutions run faster on it than on NCHW, by 10-40 %,
-// measured with the bundled detector), each image written in place. The images are made in parallel on
+// channels-last memory (NHWC: LibTorch's CPU convolutions run faster on it than on NCHW; the bundled
+// detector 1.05x on one thread, 1.77x on two, `benchmarks/run.py forward`), each image written in place. The images are made in parallel on
 // LibTorch's intra-op threads, the forward pass's own: on every core, a second pool would take turns with them.
 template <class Fit>
 torch::Tensor make_batch(std::size_t n, const InputSpec& spec, const Fit& fit) {
