@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # libFuzzer over every parser of untrusted input (tests/fuzz/, docs/reliability.md "Fuzzing").
-#   scripts/fuzz.sh [SECONDS]  configure and build build-fuzz/ (clang, BLOODCV_BUILD_FUZZERS), then fuzz each
-#                              target for SECONDS (default 60), one after the other, from its seed corpus
+#   scripts/fuzz.sh [SECONDS] [TARGET…]   configure and build build-fuzz/ (clang, BLOODCV_BUILD_FUZZERS), then
+#                              fuzz each target (default: all) for SECONDS (default 60), one after the other,
+#                              from its seed corpus
+#   scripts/fuzz.sh --runs N [TARGET…]    the same, each target for N executions instead
 #   scripts/fuzz.sh --short    build, then run each target over its seeds and tests/fuzz/regressions/, and
 #                              on for 2,000 inputs in all, mutated with a fixed random seed (scripts/test.sh)
 # New inputs are kept in build-fuzz/corpus/<target>/ (so a later run goes on from them), crashing ones in
@@ -9,14 +11,22 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-MODE=fuzz SECONDS_PER_TARGET=60
-case "${1:-}" in
-  --short) MODE=short ;;
-  "") ;;
-  *[!0-9]* | 0) echo "usage: scripts/fuzz.sh [SECONDS] | --short" >&2; exit 2 ;;
-  *) SECONDS_PER_TARGET=$1 ;;
-esac
 TARGETS=(fuzz_voc fuzz_yolo fuzz_coco fuzz_report fuzz_model_metadata fuzz_pipeline_config fuzz_image fuzz_tiler_merge)
+usage() { echo "usage: scripts/fuzz.sh [SECONDS | --runs N] [TARGET…] | --short (targets: ${TARGETS[*]})" >&2; exit 2; }
+MODE=fuzz LIMIT=(-max_total_time=60) LIMIT_TEXT="60 s"
+case "${1:-}" in
+  --short) MODE=short; shift ;;
+  --runs)
+    [[ "${2:-}" =~ ^[1-9][0-9]*$ ]] || usage
+    LIMIT=(-runs="$2") LIMIT_TEXT="$2 executions"; shift 2 ;;
+  "" | fuzz_*) ;;
+  *[!0-9]* | 0) usage ;;
+  *) LIMIT=(-max_total_time="$1") LIMIT_TEXT="$1 s"; shift ;;
+esac
+if (($#)); then
+  for target in "$@"; do [[ " ${TARGETS[*]} " == *" $target "* ]] || usage; done
+  TARGETS=("$@")
+fi
 JOBS=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}
 
 cmake -S . -B build-fuzz -DBLOODCV_BUILD_FUZZERS=ON -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=Debug >/dev/null
@@ -45,9 +55,9 @@ for target in "${TARGETS[@]}"; do
     continue
   fi
   mkdir -p "build-fuzz/corpus/$target"
-  echo "== $target: ${SECONDS_PER_TARGET} s"
+  echo "== $target: $LIMIT_TEXT"
   # The first corpus directory receives the new inputs; the seeds are only read.
-  if "$binary" "${COMMON[@]}" -max_total_time="$SECONDS_PER_TARGET" -artifact_prefix="build-fuzz/crashes/$target/" \
+  if "$binary" "${COMMON[@]}" "${LIMIT[@]}" -artifact_prefix="build-fuzz/crashes/$target/" \
       "build-fuzz/corpus/$target" "$seeds" >"$log" 2>&1; then
     status=ok
   else
@@ -59,7 +69,7 @@ for target in "${TARGETS[@]}"; do
 done
 
 if [ "$MODE" = fuzz ]; then
-  echo "== summary (${SECONDS_PER_TARGET} s per target)"
+  echo "== summary ($LIMIT_TEXT per target)"
   printf '%s\n' "${summary[@]}"
 fi
 if ((${#failed[@]})); then

@@ -10,7 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "check.hpp"
-#include "json_integers.hpp"
+#include "json_checks.hpp"
 
 namespace bloodcv {
 

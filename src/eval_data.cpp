@@ -15,7 +15,7 @@
 
 #include "bloodcv/eval.hpp"
 
-#include "json_integers.hpp"
+#include "json_checks.hpp"
 
 namespace bloodcv::eval {
 

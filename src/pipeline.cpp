@@ -20,7 +20,7 @@
 
 #include "bloodcv/image.hpp"
 #include "check.hpp"
-#include "json_integers.hpp"
+#include "json_checks.hpp"
 
 namespace bloodcv {
 
@@ -444,18 +444,8 @@ void check_keys(const nlohmann::json& object, std::initializer_list<const char*>
   }
 }
 
-// A config is a few levels deep. nlohmann::json parses any depth but recurses to copy or write a value
-// (stain_target is written out): a file nested tens of thousands of levels deep overflowed the stack.
+// A config is a few levels deep (json_checks.hpp).
 constexpr int kMaxConfigDepth = 32;
-
-nlohmann::json parse_config(std::istream& in) {
-  using json = nlohmann::json;
-  return json::parse(in, [](int depth, json::parse_event_t event, json&) {
-    if ((event == json::parse_event_t::object_start || event == json::parse_event_t::array_start) && depth >= kMaxConfigDepth)
-      throw std::runtime_error(fmt::format("nested more than {} levels deep", kMaxConfigDepth));
-    return true;
-  });
-}
 
 }  // namespace
 
@@ -468,7 +458,7 @@ PipelineConfig load_pipeline_config(const std::string& path) {
   const std::filesystem::path base = std::filesystem::path(path).parent_path();
   auto resolve = [&](const std::string& p) { return std::filesystem::path(p).is_absolute() ? p : (base / p).string(); };
   try {
-    const nlohmann::json j = parse_config(in);
+    const nlohmann::json j = detail::parse_shallow(in, kMaxConfigDepth);
     if (!j.is_object()) throw std::runtime_error("the top level must be an object");
     check_keys(j, {"detector", "classifier", "tile", "overlap", "whole_image", "classify_labels", "device", "precision", "batch_size",
                    "threads", "optimize", "score_threshold", "merge", "stain_normalize", "stain_target", "stain_before_detection", "uncertain_below"}, "");
@@ -482,7 +472,7 @@ PipelineConfig load_pipeline_config(const std::string& path) {
     if (j.contains("classifier") && j.at("classifier").is_null()) c.classifier.reset();
     if (j.contains("detector")) c.detector = resolve(j.at("detector").get<std::string>());
     if (j.contains("classifier") && !j.at("classifier").is_null()) c.classifier = resolve(j.at("classifier").get<std::string>());
-    // A whole number within the type's range (json_integers.hpp), or the fallback when absent.
+    // A whole number within the type's range (json_checks.hpp), or the fallback when absent.
     auto integer = [&](const char* key, auto fallback) {
       if (!j.contains(key)) return fallback;
       if (!detail::holds_integer<decltype(fallback)>(j.at(key)))

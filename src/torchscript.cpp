@@ -3,7 +3,6 @@
 #include <cmath>
 #include <filesystem>
 
-#include <nlohmann/json.hpp>
 #include <opencv2/imgproc.hpp>
 #include <ATen/Parallel.h>
 #include <torch/script.h>
@@ -13,38 +12,23 @@
 #include "bloodcv/decoder.hpp"
 #include "bloodcv/detector.hpp"
 #include "bloodcv/image.hpp"
-#include "bloodcv/stain.hpp"
 #include "check.hpp"
+#include "model_metadata.hpp"
 
 namespace bloodcv {
 
-using json = nlohmann::json;
-
 namespace {
 
+using detail::fail_model;
+using detail::InputSpec;
+
 constexpr const char* kMetadataFile = "bloodcv.json";
-
-// How the model wants its input tensor (docs/model_format.md, "input").
-struct InputSpec {
-  cv::Size size;
-  bool rgb = true;
-  float scale = 1.f / 255.f;
-  std::array<float, 3> mean{0, 0, 0}, std{1, 1, 1};
-  bool letterbox = true;
-  float pad_value = 114.f;
-
-  InputTransform transform_for(cv::Size image) const {
-    return letterbox ? letterbox_transform(image, size) : stretch_transform(image, size);
-  }
-};
 
 struct LoadedModel {
   std::string path;
   torch::jit::Module module;
   std::string metadata_json;
-  json meta;
-  std::vector<std::string> labels;
-  InputSpec input;
+  detail::ModelMetadata meta;
   torch::Device device{torch::kCPU};
   torch::ScalarType dtype = torch::kFloat32;  // RuntimeOptions::precision
   int batch_size = 8;
@@ -59,15 +43,6 @@ std::string dims(c10::IntArrayRef sizes) {
   std::string s = "[";
   for (std::size_t i = 0; i < sizes.size(); ++i) s += (i ? ", " : "") + std::to_string(sizes[i]);
   return s + "]";
-}
-
-[[noreturn]] void fail_model(const std::string& path, const std::string& what) {
-  throw std::runtime_error(fmt::format("model file '{}': {}", path, what));
-}
-
-template <class T>
-T value_or(const json& object, const char* key, T fallback) {
-  return object.contains(key) ? object.at(key).get<T>() : fallback;
 }
 
 torch::Device parse_device(const std::string& device) {
@@ -94,7 +69,7 @@ std::vector<torch::Tensor> forward(const LoadedModel& m, torch::Tensor batch);
 // Freezes the module and applies optimize_for_inference; keeps the result only if, on a fixed input of two
 // images, every output equals the original's to 1e-4 (relative 1e-3). Any failure keeps the original alone.
 std::optional<torch::jit::Module> optimize(const LoadedModel& m) {
-  const cv::Size s = m.input.size;
+  const cv::Size s = m.meta.input.size;
   const torch::Tensor probe = (torch::arange(2 * 3 * s.height * s.width, torch::kFloat32).remainder(251.f) / 251.f).reshape({2, 3, s.height, s.width});
   try {
     LoadedModel candidate = m;
@@ -134,33 +109,7 @@ LoadedModel load_model(const std::string& path, const RuntimeOptions& runtime, c
   m.metadata_json = extra[kMetadataFile];
   if (m.metadata_json.empty())
     fail_model(path, fmt::format("no {} inside: export it with bloodcv.export.export_model (docs/model_format.md)", kMetadataFile));
-  try {
-    m.meta = json::parse(m.metadata_json);
-    if (m.meta.value("format", "") != "bloodcv-model") fail_model(path, "bloodcv.json: format must be 'bloodcv-model'");
-    if (m.meta.at("task").get<std::string>() != task)
-      fail_model(path, fmt::format("bloodcv.json: task is '{}', but a {} model is needed", m.meta.at("task").get<std::string>(), task));
-    m.labels = m.meta.at("labels").get<std::vector<std::string>>();
-    if (m.labels.empty()) fail_model(path, "bloodcv.json: labels is empty");
-    const auto size = m.meta.at("input_size").get<std::vector<int>>();
-    if (size.size() != 2 || size[0] <= 0 || size[1] <= 0) fail_model(path, "bloodcv.json: input_size must be [width, height] > 0");
-    m.input.size = {size[0], size[1]};
-    const json input = m.meta.value("input", json::object());
-    const std::string color = value_or<std::string>(input, "color", "rgb");
-    if (color != "rgb" && color != "bgr") fail_model(path, fmt::format("bloodcv.json: input.color must be rgb or bgr, got '{}'", color));
-    m.input.rgb = color == "rgb";
-    m.input.scale = value_or<float>(input, "scale", 1.f / 255.f);
-    m.input.mean = value_or<std::array<float, 3>>(input, "mean", {0, 0, 0});
-    m.input.std = value_or<std::array<float, 3>>(input, "std", {1, 1, 1});
-    for (const float s : m.input.std)
-      if (!(s > 0)) fail_model(path, fmt::format("bloodcv.json: input.std must be positive, got {}", s));
-    const std::string resize = value_or<std::string>(input, "resize", task == "detection" ? "letterbox" : "stretch");
-    if (resize != "letterbox" && resize != "stretch")
-      fail_model(path, fmt::format("bloodcv.json: input.resize must be letterbox or stretch, got '{}'", resize));
-    m.input.letterbox = resize == "letterbox";
-    m.input.pad_value = value_or<float>(input, "pad_value", 114.f);
-  } catch (const json::exception& e) {
-    fail_model(path, fmt::format("bloodcv.json: {}", e.what()));
-  }
+  m.meta = detail::read_model_metadata(path, m.metadata_json, task);
   m.module.eval();
   if (m.dtype != torch::kFloat32) m.module.to(m.dtype);
   // bfloat16 gains nothing from it (measured); CUDA has no such pass.
@@ -261,52 +210,12 @@ std::vector<TensorView> views_of(const std::vector<torch::Tensor>& outputs, std:
   return views;
 }
 
-// The model file's decoder entry, with the detector options' thresholds in place of its own.
-DecoderSetup decoder_of(const LoadedModel& m, const TorchScriptDetectorOptions& options) {
-  if (!m.meta.contains("decoder") || !m.meta.at("decoder").is_object()) fail_model(m.path, "bloodcv.json: no decoder entry");
-  json entry = m.meta.at("decoder");
-  if (options.score_threshold) entry["score_threshold"] = *options.score_threshold;
-  if (options.nms_iou_threshold) entry["nms_iou_threshold"] = *options.nms_iou_threshold;
-  try {
-    DecoderSetup setup = make_decoder(entry.dump(), DecoderContext{m.labels.size(), m.input.size});
-    if (options.suppressor) setup.suppressor = options.suppressor;
-    return setup;
-  } catch (const std::invalid_argument& e) {
-    fail_model(m.path, fmt::format("bloodcv.json: {}", e.what()));
-  }
-}
-
-// "stain": {"default": method, "reinhard": target, "macenko": target}: refused at load when malformed, so
-// that a pipeline never meets it half-way through a run.
-void check_stain_metadata(const LoadedModel& m) {
-  if (!m.meta.contains("stain")) return;
-  const json& stain = m.meta.at("stain");
-  if (!stain.is_object()) fail_model(m.path, "bloodcv.json: stain must be an object");
-  for (const auto& [key, value] : stain.items()) {
-    if (key == "default") {
-      if (!value.is_string() || (value != "none" && value != "reinhard" && value != "macenko"))
-        fail_model(m.path, "bloodcv.json: stain.default must be none, reinhard or macenko");
-      if (value != "none" && !stain.contains(value.get<std::string>()))
-        fail_model(m.path, fmt::format("bloodcv.json: stain.default is {}, but stain.{} is missing", value.get<std::string>(),
-                                       value.get<std::string>()));
-      continue;
-    }
-    try {
-      make_stain_normalizer(key, value.dump());
-    } catch (const std::invalid_argument& e) {
-      fail_model(m.path, fmt::format("bloodcv.json: stain.{}: {}", key, e.what()));
-    }
-  }
-}
-
 }  // namespace
 
 // --- detector --------------------------------------------------------------------------------------
 struct TorchScriptDetector::Impl {
   LoadedModel model;
   DecoderSetup decoding;
-  cv::Size tile_size;
-  std::optional<double> microns_per_pixel;
 };
 
 TorchScriptDetector::TorchScriptDetector(const std::string& path, TorchScriptDetectorOptions options)
@@ -314,28 +223,18 @@ TorchScriptDetector::TorchScriptDetector(const std::string& path, TorchScriptDet
   if (options.score_threshold) detail::check_unit_interval(*options.score_threshold, "score_threshold");
   if (options.nms_iou_threshold) detail::check_unit_interval(*options.nms_iou_threshold, "nms_iou_threshold");
   impl_->model = load_model(path, options.runtime, "detection");
-  impl_->decoding = decoder_of(impl_->model, options);
-  impl_->tile_size = impl_->model.input.size;
-  if (impl_->model.meta.contains("tile_size")) {
-    const auto t = impl_->model.meta.at("tile_size").get<std::vector<int>>();
-    if (t.size() != 2 || t[0] <= 0 || t[1] <= 0) fail_model(path, "bloodcv.json: tile_size must be [width, height] > 0");
-    impl_->tile_size = {t[0], t[1]};
-  }
-  if (impl_->model.meta.contains("microns_per_pixel")) {
-    const auto& m = impl_->model.meta.at("microns_per_pixel");
-    if (!m.is_number() || !(m.get<double>() > 0)) fail_model(path, "bloodcv.json: microns_per_pixel must be a positive number");
-    impl_->microns_per_pixel = m.get<double>();
-  }
+  impl_->decoding = detail::decoder_for(impl_->model.meta, options.score_threshold, options.nms_iou_threshold);
+  if (options.suppressor) impl_->decoding.suppressor = options.suppressor;
 }
 
 TorchScriptDetector::~TorchScriptDetector() = default;
 TorchScriptDetector::TorchScriptDetector(TorchScriptDetector&&) noexcept = default;
 TorchScriptDetector& TorchScriptDetector::operator=(TorchScriptDetector&&) noexcept = default;
 
-std::vector<std::string> TorchScriptDetector::labels() const { return impl_->model.labels; }
-cv::Size TorchScriptDetector::input_size() const { return impl_->model.input.size; }
-cv::Size TorchScriptDetector::tile_size() const { return impl_->tile_size; }
-std::optional<double> TorchScriptDetector::microns_per_pixel() const { return impl_->microns_per_pixel; }
+std::vector<std::string> TorchScriptDetector::labels() const { return impl_->model.meta.labels; }
+cv::Size TorchScriptDetector::input_size() const { return impl_->model.meta.input.size; }
+cv::Size TorchScriptDetector::tile_size() const { return impl_->model.meta.tile_size; }
+std::optional<double> TorchScriptDetector::microns_per_pixel() const { return impl_->model.meta.microns_per_pixel; }
 const std::string& TorchScriptDetector::metadata_json() const { return impl_->model.metadata_json; }
 bool TorchScriptDetector::optimized() const { return impl_->model.single_thread.has_value(); }
 
@@ -346,8 +245,8 @@ std::vector<std::vector<Detection>> TorchScriptDetector::detect(const std::vecto
   for (std::size_t start = 0; start < images.size(); start += static_cast<std::size_t>(m.batch_size)) {
     const std::size_t end = std::min(images.size(), start + static_cast<std::size_t>(m.batch_size));
     std::vector<InputTransform> transforms(end - start);
-    const std::vector<torch::Tensor> outputs = forward(m, make_batch(end - start, m.input, [&](std::size_t k) {
-      return fit_to_input(to_bgr8(images[start + k], fmt::format("images[{}]", start + k)), m.input, transforms[k]);
+    const std::vector<torch::Tensor> outputs = forward(m, make_batch(end - start, m.meta.input, [&](std::size_t k) {
+      return fit_to_input(to_bgr8(images[start + k], fmt::format("images[{}]", start + k)), m.meta.input, transforms[k]);
     }));
     // Decoding and suppression, image by image on the same threads.
     results.resize(end);
@@ -372,46 +271,25 @@ std::vector<std::vector<Detection>> TorchScriptDetector::detect(const std::vecto
 // --- classifier ------------------------------------------------------------------------------------
 struct TorchScriptClassifier::Impl {
   LoadedModel model;
-  float crop_padding = 0.1f;
-  float temperature = 1.f;      // logits are divided by it before the softmax (calibration)
-  float uncertain_below = 0.f;  // top probabilities below it are not to be trusted
+  float crop_padding = 0.1f;  // the options' or the file's
 };
 
 TorchScriptClassifier::TorchScriptClassifier(const std::string& path, TorchScriptClassifierOptions options)
     : impl_(std::make_unique<Impl>()) {
   impl_->model = load_model(path, options.runtime, "classification");
-  impl_->crop_padding = options.crop_padding.value_or(value_or<float>(impl_->model.meta, "crop_padding", 0.1f));
+  impl_->crop_padding = options.crop_padding.value_or(impl_->model.meta.crop_padding);
   if (!(impl_->crop_padding >= 0.f && impl_->crop_padding <= 2.f))
     detail::fail_argument("crop_padding must be in [0, 2], got {}", impl_->crop_padding);
-  check_stain_metadata(impl_->model);
-  const LoadedModel& m = impl_->model;
-  if (m.meta.contains("calibration")) {
-    try {
-      const json& c = m.meta.at("calibration");
-      if (!c.is_object()) fail_model(path, "bloodcv.json: calibration must be an object");
-      for (const auto& [key, value] : c.items())
-        if (key != "temperature" && key != "uncertain_below" && key != "method" && key != "ece")
-          fail_model(path, fmt::format("bloodcv.json: calibration.{} is not a known key", key));
-      impl_->temperature = value_or<float>(c, "temperature", 1.f);
-      impl_->uncertain_below = value_or<float>(c, "uncertain_below", 0.f);
-    } catch (const json::exception& e) {
-      fail_model(path, fmt::format("bloodcv.json: calibration: {}", e.what()));
-    }
-    if (!(impl_->temperature > 0.f && std::isfinite(impl_->temperature)))
-      fail_model(path, fmt::format("bloodcv.json: calibration.temperature must be positive, got {}", impl_->temperature));
-    if (!(impl_->uncertain_below >= 0.f && impl_->uncertain_below <= 1.f))
-      fail_model(path, fmt::format("bloodcv.json: calibration.uncertain_below must be in [0, 1], got {}", impl_->uncertain_below));
-  }
 }
 
 TorchScriptClassifier::~TorchScriptClassifier() = default;
 TorchScriptClassifier::TorchScriptClassifier(TorchScriptClassifier&&) noexcept = default;
 TorchScriptClassifier& TorchScriptClassifier::operator=(TorchScriptClassifier&&) noexcept = default;
 
-std::vector<std::string> TorchScriptClassifier::labels() const { return impl_->model.labels; }
-float TorchScriptClassifier::uncertainty_threshold() const { return impl_->uncertain_below; }
-float TorchScriptClassifier::temperature() const { return impl_->temperature; }
-cv::Size TorchScriptClassifier::input_size() const { return impl_->model.input.size; }
+std::vector<std::string> TorchScriptClassifier::labels() const { return impl_->model.meta.labels; }
+float TorchScriptClassifier::uncertainty_threshold() const { return impl_->model.meta.uncertain_below; }
+float TorchScriptClassifier::temperature() const { return impl_->model.meta.temperature; }
+cv::Size TorchScriptClassifier::input_size() const { return impl_->model.meta.input.size; }
 const std::string& TorchScriptClassifier::metadata_json() const { return impl_->model.metadata_json; }
 bool TorchScriptClassifier::optimized() const { return impl_->model.single_thread.has_value(); }
 
@@ -425,12 +303,12 @@ std::vector<Classification> TorchScriptClassifier::classify(const cv::Mat& image
     if (!(b.width() > 0.f && b.height() > 0.f) || intersection(b, frame) <= 0.f)
       detail::fail_argument("boxes[{}] = [{}, {}, {}, {}] has no area inside the {}x{} image", i, b.x1, b.y1, b.x2, b.y2, bgr.cols, bgr.rows);
   }
-  const auto classes = static_cast<std::int64_t>(m.labels.size());
+  const auto classes = static_cast<std::int64_t>(m.meta.labels.size());
   std::vector<Classification> results;
   results.reserve(boxes.size());
   for (std::size_t start = 0; start < boxes.size(); start += static_cast<std::size_t>(m.batch_size)) {
     const std::size_t end = std::min(boxes.size(), start + static_cast<std::size_t>(m.batch_size));
-    const std::vector<torch::Tensor> outputs = forward(m, make_batch(end - start, m.input, [&](std::size_t k) {
+    const std::vector<torch::Tensor> outputs = forward(m, make_batch(end - start, m.meta.input, [&](std::size_t k) {
       // The box (clipped to the image) with context, at least 1 px a side; what lies outside the image
       // is filled with the pad value.
       const Box b = clip_box(boxes[start + k], frame.x2, frame.y2);
@@ -438,17 +316,17 @@ std::vector<Classification> TorchScriptClassifier::classify(const cv::Mat& image
       const cv::Rect wanted(cv::Point(static_cast<int>(std::floor(b.x1 - px)), static_cast<int>(std::floor(b.y1 - py))),
                             cv::Point(static_cast<int>(std::ceil(b.x2 + px)), static_cast<int>(std::ceil(b.y2 + py))));
       const cv::Rect inside = wanted & cv::Rect(0, 0, bgr.cols, bgr.rows);
-      cv::Mat crop(wanted.size(), CV_8UC3, cv::Scalar::all(m.input.pad_value));
+      cv::Mat crop(wanted.size(), CV_8UC3, cv::Scalar::all(m.meta.input.pad_value));
       if (!inside.empty()) bgr(inside).copyTo(crop(inside - wanted.tl()));
       InputTransform unused;
-      return fit_to_input(crop, m.input, unused);
+      return fit_to_input(crop, m.meta.input, unused);
     }));
     const torch::Tensor& logits = outputs.front();
     if (outputs.size() != 1 || logits.dim() != 2 || logits.size(1) != classes)
       fail_model(m.path, fmt::format("a classifier must return logits [B, {}] ({} labels), got {} output(s), the first {}", classes,
                                      classes, outputs.size(), dims(logits.sizes())));
     if (!torch::isfinite(logits).all().item<bool>()) fail_model(m.path, "its logits hold NaN or infinite values");
-    const torch::Tensor probs = torch::softmax(logits / impl_->temperature, 1).contiguous();
+    const torch::Tensor probs = torch::softmax(logits / m.meta.temperature, 1).contiguous();
     for (std::int64_t i = 0; i < probs.size(0); ++i) {
       const float* p = probs.data_ptr<float>() + i * classes;
       Classification c;

@@ -138,6 +138,29 @@ TEST_CASE("odd images are converted: grayscale, BGRA, 16-bit", "[models]") {
   CHECK_THROWS_WITH(detector.detect({cv::Mat()}), Contains("empty"));
 }
 
+TEST_CASE("a malformed bloodcv.json is refused at load, naming the file and the key", "[models][errors]") {
+  // make_test_models.py, malformed_detector_metadata: the file's name, then what its message must say.
+  const std::vector<std::pair<std::string, std::string>> cases{
+      {"not_json", "parse error"},
+      {"not_object", "must be a JSON object"},
+      {"no_labels", "'labels' not found"},
+      {"labels_string", "type must be array"},
+      {"input_size_text", "type must be array"},
+      {"input_size_1e30", "input_size must be whole numbers within the range of int"},
+      {"tile_size_1e30", "tile_size must be whole numbers within the range of int"},
+      {"deep_decoder_entry", "nested more than 16 levels deep"},
+      {"unknown_decoder", "ssd"},
+      {"mpp_negative", "microns_per_pixel must be a positive number"},
+      {"iou_branch_on_yolo", "unknown key 'iou_branch'"},
+      {"color_hsv", "input.color must be rgb or bgr, got 'hsv'"},
+  };
+  for (const auto& [name, message] : cases) {
+    INFO(name);
+    const std::string path = model("metadata_" + name + ".pt");
+    CHECK_THROWS_WITH(TorchScriptDetector(path), Contains(path) && Contains("bloodcv.json") && Contains(message));
+  }
+}
+
 TEST_CASE("broken model files fail with the path and the reason", "[models][errors]") {
   CHECK_THROWS_WITH(TorchScriptDetector("/nonexistent/model.pt"), Contains("/nonexistent/model.pt") && Contains("no such file"));
   CHECK_THROWS_WITH(TorchScriptDetector(model("corrupt.pt")), Contains("corrupt.pt") && Contains("TorchScript"));

@@ -1,11 +1,12 @@
-// A model file's bloodcv.json (docs/model_format.md). Reading the archive needs LibTorch, so this target
-// takes what src/torchscript.cpp does with the JSON once loaded: the checks of labels and input_size it
-// makes first, then the decoder entry through make_decoder and each stain target through
-// make_stain_normalizer, as a detector and a classifier do at load. The decoder then decodes and
-// suppresses a fixed output of the shape it expects, and each stain normaliser normalises a small image.
+// A model file's bloodcv.json (docs/model_format.md). Reading the archive needs LibTorch; its bloodcv.json
+// is read by src/model_metadata.cpp, which this target calls as src/torchscript.cpp does at load: as a
+// detector's (then its decoder built by decoder_for) and as a classifier's (stain entry and calibration
+// checked). The decoder then decodes and suppresses a fixed output of the shape it expects, and each stain
+// target the file holds normalises a small image.
 #include <cmath>
 #include <cstdint>
-#include <exception>
+#include <optional>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -14,7 +15,7 @@
 #include "bloodcv/decoder.hpp"
 #include "bloodcv/nms.hpp"
 #include "bloodcv/stain.hpp"
-#include "json_integers.hpp"
+#include "model_metadata.hpp"
 
 namespace {
 
@@ -66,29 +67,19 @@ void normalize_sample(const bloodcv::StainNormalizer& normalizer) {
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
-  const json meta = json::parse(data, data + size, nullptr, /*allow_exceptions=*/false);
-  if (meta.is_discarded() || !meta.is_object()) return 0;
-  try {  // the checks load_model makes before the decoder is built
-    const auto labels = meta.at("labels").get<std::vector<std::string>>();
-    // load_model reads input_size without this check: a side of 1e30 is cast to int there (undefined
-    // behaviour, tests/fuzz/regressions/open/), which would stop every run here.
-    if (!bloodcv::detail::holds_integer<std::vector<int>>(meta.at("input_size"))) return 0;
-    const auto input_size = meta.at("input_size").get<std::vector<int>>();
-    if (!labels.empty() && input_size.size() == 2 && input_size[0] > 0 && input_size[1] > 0 && meta.contains("decoder") &&
-        meta.at("decoder").is_object()) {
-      const json& entry = meta.at("decoder");
-      const bloodcv::DecoderSetup setup = bloodcv::make_decoder(entry.dump(), {labels.size(), cv::Size(input_size[0], input_size[1])});
-      decode_fixed_output(setup, entry, labels.size());
-    }
-  } catch (const std::exception&) {
+  const std::string text(reinterpret_cast<const char*>(data), size);
+  try {
+    const bloodcv::detail::ModelMetadata detector = bloodcv::detail::read_model_metadata("fuzz.pt", text, "detection");
+    const bloodcv::DecoderSetup setup = bloodcv::detail::decoder_for(detector, std::nullopt, std::nullopt);
+    decode_fixed_output(setup, detector.decoder, detector.labels.size());
+  } catch (const std::runtime_error&) {  // every refusal of the reader and of decoder_for
   }
-  if (meta.contains("stain") && meta.at("stain").is_object())
-    for (const auto& [method, target] : meta.at("stain").items()) {
-      if (method == "default") continue;
-      try {
-        normalize_sample(*bloodcv::make_stain_normalizer(method, target.dump()));
-      } catch (const std::exception&) {
-      }
-    }
+  try {  // a classifier's reader checks each stain target; those it accepts normalise a sample
+    bloodcv::detail::read_model_metadata("fuzz.pt", text, "classification");
+    const json stain = json::parse(text).value("stain", json::object());
+    for (const auto& [method, target] : stain.items())
+      if (method != "default") normalize_sample(*bloodcv::make_stain_normalizer(method, target.dump()));
+  } catch (const std::runtime_error&) {
+  }
   return 0;
 }

@@ -14,7 +14,8 @@
   color_classifier_calibrated.pt: the same, with temperature 2 and uncertain_below 0.9 ("calibration").
 - broken models: wrong output width, NaN output, no metadata, not TorchScript at all, a classifier
   file given to a detector, a classifier whose stain target lacks its "std", one whose calibration
-  temperature is negative.
+  temperature is negative; detectors whose bloodcv.json is malformed (metadata_*.pt): written as raw text,
+  past export_model's checks, among them the fuzzers' reproducers (tests/fuzz/regressions/).
 """
 import json
 import math
@@ -133,7 +134,32 @@ def main(out_dir):
     torch.jit.save(torch.jit.trace(MeanColour(), torch.rand(2, 3, 32, 32)), str(out / "bad_stain_classifier.pt"),
                    _extra_files={"bloodcv.json": json.dumps(check_metadata(bad_stain))})
     (out / "corrupt.pt").write_bytes(b"PK\x03\x04 this is not a TorchScript archive")
+    traced = torch.jit.trace(MarkerYolo(), example)
+    for name, text in malformed_detector_metadata(yolo_meta).items():
+        torch.jit.save(traced, str(out / f"metadata_{name}.pt"), _extra_files={"bloodcv.json": text})
     return out
+
+
+def malformed_detector_metadata(good):
+    """bloodcv.json texts a detector must refuse at load, by the name of their model file."""
+    good = check_metadata(good)
+    regressions = Path(__file__).resolve().parents[1] / "fuzz" / "regressions" / "fuzz_model_metadata"
+    without_labels = {k: v for k, v in good.items() if k != "labels"}
+    return {
+        "not_json": "{\"format\": \"bloodcv-model\", ",
+        "not_object": "[1, 2, 3]",
+        "no_labels": json.dumps(without_labels),
+        "labels_string": json.dumps({**good, "labels": "WBC"}),
+        "input_size_text": json.dumps({**good, "input_size": "256x256"}),
+        "input_size_1e30": (regressions / "input_size_1e30.json").read_text(),
+        "tile_size_1e30": json.dumps({**good, "tile_size": [1e30, 512]}),
+        "deep_decoder_entry": (regressions / "deep_decoder_entry.json").read_text(),
+        "unknown_decoder": json.dumps({**good, "decoder": {"kind": "ssd"}}),
+        "mpp_negative": json.dumps({**good, "microns_per_pixel": -0.1}),
+        # contradictory: an IoU branch on a decoder kind that has none, a colour order that is neither
+        "iou_branch_on_yolo": json.dumps({**good, "decoder": {**good["decoder"], "iou_branch": True}}),
+        "color_hsv": json.dumps({**good, "input": {**good["input"], "color": "hsv"}}),
+    }
 
 
 if __name__ == "__main__":

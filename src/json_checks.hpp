@@ -1,11 +1,15 @@
-// Integers read from JSON files. nlohmann::json converts a number to an integer type with a plain cast:
-// a float beyond the type's range is undefined behaviour (the fuzzers' 1e30 as a batch size or a stride),
-// and an integer beyond it wraps. Read integer keys through holds_integer first.
+// Reading untrusted JSON files (configs, model metadata, COCO). nlohmann::json converts a number to an
+// integer type with a plain cast: a float beyond the type's range is undefined behaviour (the fuzzers' 1e30
+// as a batch size or a stride), and an integer beyond it wraps: read integer keys through holds_integer
+// first. And it parses any depth but recurses to copy or write a value: a file nested tens of thousands of
+// levels deep overflows the stack, so files that are a few levels deep are parsed with parse_shallow.
 #pragma once
 
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <stdexcept>
+#include <string>
 #include <type_traits>
 #include <vector>
 
@@ -45,6 +49,18 @@ bool holds_integer(const nlohmann::json& value) {
   } else {
     return true;
   }
+}
+
+// Parses `input` (text or a stream), refusing arrays and objects nested more than `max_depth` levels deep
+// with std::runtime_error("nested more than N levels deep"); syntax errors throw nlohmann's parse_error.
+template <class Input>
+nlohmann::json parse_shallow(Input&& input, int max_depth) {
+  using json = nlohmann::json;
+  return json::parse(std::forward<Input>(input), [max_depth](int depth, json::parse_event_t event, json&) {
+    if ((event == json::parse_event_t::object_start || event == json::parse_event_t::array_start) && depth >= max_depth)
+      throw std::runtime_error("nested more than " + std::to_string(max_depth) + " levels deep");
+    return true;
+  });
 }
 
 }  // namespace bloodcv::detail
