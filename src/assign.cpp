@@ -40,13 +40,27 @@ void check_boxes(const at::Tensor& t, const char* name, bool required = true) {
   }
 }
 
+// Every tensor on the anchors' device, and that one a CPU or CUDA device (checked first: the other checks
+// read values, which a tensor on another backend cannot give).
+void check_devices(const AssignInput& in) {
+  if (!in.anchors.defined()) return;
+  const c10::Device device = in.anchors.device();
+  if (!device.is_cpu() && !device.is_cuda()) fail_argument("anchors are on device '{}': assigners run on cpu or cuda", device.str());
+  const std::pair<const at::Tensor*, const char*> others[] = {
+      {&in.gt_boxes, "gt_boxes"}, {&in.gt_labels, "gt_labels"}, {&in.pred_boxes, "pred_boxes"}, {&in.pred_scores, "pred_scores"}};
+  for (const auto& [t, name] : others)
+    if (t->defined() && t->device() != device) fail_argument("{} is on '{}' but anchors are on '{}'", name, t->device().str(), device.str());
+}
+
 void check_input(const AssignInput& in, bool needs_predictions) {
+  check_devices(in);
   check_boxes(in.anchors, "anchors");
   check_boxes(in.gt_boxes, "gt_boxes");
   if (!in.gt_labels.defined() || in.gt_labels.dim() != 1 || in.gt_labels.size(0) != in.gt_boxes.size(0))
     fail_argument("gt_labels must have shape [{}] (one per box), got {}", in.gt_boxes.size(0),
                   in.gt_labels.defined() ? shape(in.gt_labels) : std::string("none"));
-  if (in.gt_boxes.device() != in.anchors.device()) fail_argument("gt_boxes and anchors are on different devices");
+  if (!c10::isIntegralType(in.gt_labels.scalar_type(), /*includeBool=*/false))
+    fail_argument("gt_labels must be integers, got {}", c10::toString(in.gt_labels.scalar_type()));
   if (needs_predictions) {
     check_boxes(in.pred_boxes, "pred_boxes");
     if (in.pred_boxes.size(0) != in.anchors.size(0))

@@ -100,7 +100,16 @@ cv::Mat read_image(const std::string& path) {
   if (data.empty()) throw std::runtime_error("cannot read image '" + path + "': the file is empty");
   if (is_jpeg(data))
     if (const auto defect = jpeg_defect(data)) throw std::runtime_error("cannot read image '" + path + "': damaged JPEG, " + *defect);
-  const cv::Mat raw = cv::imdecode(data, cv::IMREAD_UNCHANGED);
+  cv::Mat raw;
+  try {
+    raw = cv::imdecode(data, cv::IMREAD_UNCHANGED);
+  } catch (const cv::Exception& e) {
+    // OpenCV refuses a header declaring more than CV_IO_MAX_IMAGE_PIXELS (2^30) before allocating them.
+    if (e.err.find("CV_IO_MAX_IMAGE_PIXELS") != std::string::npos)
+      throw std::runtime_error("cannot read image '" + path + "': its header declares more than 2^30 pixels, beyond what is "
+                               "decoded whole; store a whole slide as a pyramidal TIFF, which is read region by region");
+    throw std::runtime_error("cannot read image '" + path + "': damaged (" + e.err + ")");
+  }
   if (raw.empty()) throw std::runtime_error("cannot read image '" + path + "': not an image OpenCV can decode, or damaged");
   try {
     return to_bgr8(raw, path);

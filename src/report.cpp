@@ -1,7 +1,9 @@
 #include "bloodcv/report.hpp"
 
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 
@@ -212,19 +214,30 @@ std::string to_coco_results(const AnalysisResult& r, std::int64_t image_id) {
   return results.dump() + "\n";
 }
 
+namespace {
+
+// "cannot write 'path'", with the system's reason when the failed call left one (full disk, file too large).
+[[noreturn]] void fail_write(const std::string& path) {
+  if (errno != 0) throw std::runtime_error(fmt::format("cannot write '{}': {}", path, std::strerror(errno)));
+  throw std::runtime_error(fmt::format("cannot write '{}'", path));
+}
+
+}  // namespace
+
 AtomicFiles::~AtomicFiles() {
   if (committed_) return;
   std::error_code ignored;
   for (const auto& [partial, final_path] : files_) fs::remove(partial, ignored);
 }
 
-void AtomicFiles::add(const std::string& path, const std::function<void(const std::string& partial)>& write) {
+void AtomicFiles::add(const std::string& path, const std::function<bool(const std::string& partial)>& write) {
   const fs::path target(path);
   const std::string partial = (target.parent_path() / (".partial." + target.filename().string())).string();
   files_.emplace_back(partial, path);
-  write(partial);
+  errno = 0;
+  const bool written = write(partial);
   std::error_code ec;
-  if (!fs::is_regular_file(partial, ec)) throw std::runtime_error(fmt::format("cannot write '{}'", path));
+  if (!written || !fs::is_regular_file(partial, ec)) fail_write(path);
 }
 
 void AtomicFiles::add_text(const std::string& path, const std::string& text) {
@@ -232,12 +245,19 @@ void AtomicFiles::add_text(const std::string& path, const std::string& text) {
     std::ofstream out(partial, std::ios::binary);
     out << text;
     out.close();
-    if (!out) throw std::runtime_error(fmt::format("cannot write '{}'", path));
+    return static_cast<bool>(out);
   });
 }
 
 void AtomicFiles::commit() {
-  for (const auto& [partial, final_path] : files_) fs::rename(partial, final_path);
+  for (std::size_t i = 0; i < files_.size(); ++i) {
+    std::error_code ec;
+    fs::rename(files_[i].first, files_[i].second, ec);
+    if (ec) {  // none or all: the files already in place go too (the destructor removes the partial rest)
+      for (std::size_t k = 0; k < i; ++k) fs::remove(files_[k].second, ec);
+      throw std::runtime_error(fmt::format("cannot write '{}': {}", files_[i].second, ec.message()));
+    }
+  }
   committed_ = true;
 }
 
@@ -255,7 +275,7 @@ ReportPaths write_reports(const cv::Mat& image, const AnalysisResult& result, co
                           (dir / (stem + ".coco.json")).string()};
   AtomicFiles files;
   files.add(paths.overlay, [&](const std::string& partial) {
-    if (!cv::imwrite(partial, draw_overlay(image, result))) throw std::runtime_error(fmt::format("cannot write '{}'", paths.overlay));
+    return cv::imwrite(partial, draw_overlay(image, result));
   });
   files.add_text(paths.csv, to_csv(result));
   files.add_text(paths.coco, to_coco_results(result, image_id));
@@ -312,10 +332,10 @@ ReportPaths write_slide_reports(const ImageSource& source, const AnalysisResult&
   const SlideOverview pictures = draw_slide_overview(source, result);
   AtomicFiles files;
   files.add(paths.overlay, [&](const std::string& partial) {
-    if (!cv::imwrite(partial, pictures.cells)) throw std::runtime_error(fmt::format("cannot write '{}'", paths.overlay));
+    return cv::imwrite(partial, pictures.cells);
   });
   files.add(paths.density, [&](const std::string& partial) {
-    if (!cv::imwrite(partial, pictures.density)) throw std::runtime_error(fmt::format("cannot write '{}'", paths.density));
+    return cv::imwrite(partial, pictures.density);
   });
   files.add_text(paths.csv, to_csv(result));
   files.add_text(paths.coco, to_coco_results(result, image_id));

@@ -20,7 +20,7 @@ inline constexpr std::int64_t kIgnore = -2;      // takes no part in the loss
 struct AssignInput {
   at::Tensor anchors;    // [A, 4] xyxy
   at::Tensor gt_boxes;   // [G, 4] xyxy
-  at::Tensor gt_labels;  // [G] int64
+  at::Tensor gt_labels;  // [G] integers (any integer type), on the anchors' device like every tensor here
   at::Tensor pred_boxes;   // [A, 4] decoded predictions (PAA, OT); undefined when unused
   at::Tensor pred_scores;  // [A, C] class probabilities in [0, 1] (PAA, OT); undefined when unused
   std::vector<std::int64_t> anchors_per_level;  // sizes of the FPN levels, in anchor order (ATSS, PAA)

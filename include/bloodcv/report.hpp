@@ -45,9 +45,9 @@ class AtomicFiles {
   AtomicFiles(const AtomicFiles&) = delete;
   AtomicFiles& operator=(const AtomicFiles&) = delete;
   ~AtomicFiles();
-  // `write` must create the file at the path it is given; throws std::runtime_error naming `path` when
-  // the file was not made.
-  void add(const std::string& path, const std::function<void(const std::string& partial)>& write);
+  // `write` creates the file at the path it is given and returns whether it succeeded (cv::imwrite's
+  // answer); false, or no file made, throws std::runtime_error naming `path` and the system's reason.
+  void add(const std::string& path, const std::function<bool(const std::string& partial)>& write);
   void add_text(const std::string& path, const std::string& text);
   void commit();
 

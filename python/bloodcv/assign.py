@@ -43,7 +43,10 @@ def _boxes(x, name: str) -> torch.Tensor:
 
 
 def _inputs(anchors, gt_boxes, gt_labels):
-    labels = gt_labels if isinstance(gt_labels, torch.Tensor) else torch.as_tensor(gt_labels, dtype=torch.long)
+    # As given (an empty list as int64): converting to long here would turn a label of 1.5 into 1 unseen.
+    labels = gt_labels if isinstance(gt_labels, torch.Tensor) else torch.as_tensor(gt_labels)
+    if labels.numel() == 0 and labels.is_floating_point():
+        labels = labels.long()
     return _boxes(anchors, "anchors"), _boxes(gt_boxes, "gt_boxes"), labels
 
 

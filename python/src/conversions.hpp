@@ -94,7 +94,8 @@ inline int cv_depth(const py::dtype& dtype) {
   throw py::value_error(fmt::format("image dtype must be uint8, uint16 or float32, got {}", py::str(static_cast<const py::handle&>(dtype)).cast<std::string>()));
 }
 
-// A cv::Mat over the numpy buffer (no copy); rows may be strided, pixels must be packed.
+// A cv::Mat over the numpy buffer when its pixels are packed within rows (rows may be strided); otherwise
+// (a flipped, transposed or channel-sliced array) over a packed copy that the Mat owns.
 inline cv::Mat mat_view(const py::array& image) {
   if (image.ndim() != 2 && image.ndim() != 3)
     throw py::value_error(fmt::format("image must have shape (H, W) or (H, W, C), got {}", shape_of(image)));
@@ -104,7 +105,7 @@ inline cv::Mat mat_view(const py::array& image) {
   const auto item = image.itemsize();
   const bool packed = (image.ndim() == 2 || image.strides(2) == item) && image.strides(1) == item * channels;
   if (!packed || image.strides(0) <= 0)
-    throw py::value_error("image pixels must be contiguous within rows (use numpy.ascontiguousarray)");
+    return mat_view(py::module_::import("numpy").attr("ascontiguousarray")(image).cast<py::array>()).clone();
   const int type = CV_MAKETYPE(cv_depth(image.dtype()), channels);
   return cv::Mat(static_cast<int>(image.shape(0)), static_cast<int>(image.shape(1)), type, const_cast<void*>(image.data()),
                  static_cast<std::size_t>(image.strides(0)));

@@ -423,9 +423,9 @@ void bind_geometry(py::module_& m) {
             return out;
           },
           py::arg("image"),
-          "Cuts image, a numpy array (H, W) or (H, W, C) with 1 to 4 channels, of uint8, uint16 or float32, pixels "
-          "contiguous within rows. Returns a list of Tile, row by row (the whole-image tile last), whose image is a view "
-          "of the input, or a copy padded to the tile size where the image is smaller than a tile. Raises ValueError on an "
+          "Cuts image, a numpy array (H, W) or (H, W, C) with 1 to 4 channels, of uint8, uint16 or float32. Returns a list "
+          "of Tile, row by row (the whole-image tile last), whose image is a view of the input (a copy of it when its "
+          "pixels are not packed within rows: flipped, transposed, sliced), or a copy padded to the tile size where the image is smaller than a tile. Raises ValueError on an "
           "empty or unsupported image, or when padding would make a tile larger than 8192 x 8192 pixels.");
 
   py::class_<TileMerger, PyTileMerger, std::shared_ptr<TileMerger>>(

@@ -153,7 +153,7 @@ int run_tile(const TileCommand& cmd) {
   fs::create_directories(out_dir);
   const std::string stem = fs::path(cmd.image).stem().string();
   AtomicFiles files;  // the picture and its numbers together
-  files.add((out_dir / (stem + ".tiles.png")).string(), [&](const std::string& partial) { cv::imwrite(partial, overlay); });
+  files.add((out_dir / (stem + ".tiles.png")).string(), [&](const std::string& partial) { return cv::imwrite(partial, overlay); });
   files.add_text((out_dir / (stem + ".tiles.json")).string(), report.dump(1) + "\n");
   files.commit();
   fmt::print("wrote {0}/{1}.tiles.png and {0}/{1}.tiles.json\n", out_dir.string(), stem);

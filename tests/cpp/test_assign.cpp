@@ -93,6 +93,27 @@ TEST_CASE("assigners reject bad input", "[assign][errors]") {
   CHECK(values(MaxIoUAssigner().assign({a, at::zeros({0, 4}), at::zeros({0}, at::kLong)}).gt_index) == std::vector<std::int64_t>{kBackground});
 }
 
+TEST_CASE("assigners take tensors as they come: devices, label types, strides", "[assign][errors]") {
+  const at::Tensor a = boxes({{0, 0, 10, 10}, {20, 20, 30, 30}, {0, 0, 12, 12}});
+  const at::Tensor gt = boxes({{0, 0, 10, 10}});
+  // No CUDA tensor can be made on a CPU build; the meta device stands for "not the anchors' device".
+  CHECK_THROWS_WITH(MaxIoUAssigner().assign({a.to(at::kMeta), gt, longs({1})}), Contains("anchors are on device 'meta'"));
+  CHECK_THROWS_WITH(MaxIoUAssigner().assign({a, gt.to(at::kMeta), longs({1})}), Contains("gt_boxes is on 'meta' but anchors are on 'cpu'"));
+  CHECK_THROWS_WITH(OtaAssigner().assign({a, gt, longs({0}), a, at::full({3, 1}, 0.5).to(at::kMeta)}), Contains("pred_scores is on 'meta'"));
+  CHECK_THROWS_WITH(MaxIoUAssigner().assign({a, gt, at::full({1}, 1.5)}), Contains("gt_labels must be integers, got Float"));
+  CHECK_THROWS_WITH(MaxIoUAssigner().assign({a.to(at::kInt), gt, longs({1})}), Contains("anchors must be floating point, got Int"));
+  // int32 labels, double boxes and anchors that are a strided view give the result of the plain inputs.
+  const AssignResult plain = MaxIoUAssigner().assign({a, gt, longs({1})});
+  const at::Tensor strided = at::stack({a, a + 1}, 2).select(2, 0);
+  REQUIRE_FALSE(strided.is_contiguous());
+  for (const AssignResult& r : {MaxIoUAssigner().assign({strided, gt, longs({1}).to(at::kInt)}),
+                                MaxIoUAssigner().assign({a.to(at::kDouble), gt.to(at::kDouble), longs({1})})}) {
+    CHECK(values(r.gt_index) == values(plain.gt_index));
+    CHECK(values(r.labels) == std::vector<std::int64_t>{1, -1, 1});
+    CHECK(r.overlaps.to(at::kFloat).allclose(plain.overlaps));
+  }
+}
+
 TEST_CASE("inputs that once overflowed, inverted or gave NaN are refused", "[assign][errors]") {
   const at::Tensor a = boxes({{0, 0, 10, 10}, {5, 5, 15, 15}});
   const at::Tensor p = at::tensor(std::vector<float>{0.9f, 0.2f}).reshape({2, 1});

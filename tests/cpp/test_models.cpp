@@ -284,6 +284,14 @@ TEST_CASE("reports are written whole or not at all", "[models][pipeline]") {
   CHECK_THROWS(write_reports(image, r, dir.string(), "b", 2));
   for (const char* name : {"b.overlay.jpg", "b.json", "b.csv", "b.coco.json", ".partial.b.overlay.jpg", ".partial.b.json"})
     CHECK_FALSE(std::filesystem::exists(dir / name));
+  // The last rename failing (a directory holds the JSON report's name) takes back the three renamed before it.
+  std::filesystem::create_directories(dir / "c.json" / "occupied");
+  CHECK_THROWS_WITH(write_reports(image, r, dir.string(), "c", 3), Contains("cannot write '" + (dir / "c.json").string() + "'"));
+  for (const char* name : {"c.overlay.jpg", "c.csv", "c.coco.json", ".partial.c.overlay.jpg", ".partial.c.csv", ".partial.c.coco.json", ".partial.c.json"})
+    CHECK_FALSE(std::filesystem::exists(dir / name));
+  // An output directory that cannot be made (its parent is a file) names the directory.
+  std::ofstream(dir / "plain").put('x');
+  CHECK_THROWS_WITH(write_reports(image, r, (dir / "plain" / "out").string(), "d", 4), Contains((dir / "plain" / "out").string()));
   std::filesystem::remove_all(dir);
 }
 

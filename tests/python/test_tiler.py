@@ -73,8 +73,18 @@ def test_bad_tiler_parameters(kwargs, message):
     (np.zeros((10, 10, 5), np.uint8), "channels"),
     (np.zeros((10,), np.uint8), "shape"),
     (np.zeros((10, 10), np.int32), "dtype"),
-    (np.zeros((10, 20, 3), np.uint8)[:, ::2], "contiguous"),
 ])
 def test_bad_images(image, message):
     with pytest.raises(ValueError, match=message):
         bloodcv.GridTiler(tile_size=(8, 8)).tiles(image)
+
+
+def test_strided_and_flipped_images_are_cut_from_a_copy():
+    rng = np.random.default_rng(3)
+    wide = rng.integers(0, 256, (20, 40, 3), np.uint8)
+    for image in [wide[:, ::2], wide[::-1], wide[:, :, ::-1], wide.transpose(1, 0, 2)]:
+        tiler = bloodcv.GridTiler(tile_size=(8, 8), overlap=0.25)
+        got, want = tiler.tiles(image), tiler.tiles(np.ascontiguousarray(image))
+        assert [t.region for t in got] == [t.region for t in want]
+        for a, b in zip(got, want):
+            np.testing.assert_array_equal(a.image, b.image)
