@@ -16,8 +16,9 @@ def is_tensor(x) -> bool:
     return torch is not None and isinstance(x, torch.Tensor)
 
 
-def to_numpy(x, dtype):
-    """A numpy view of x where possible (CPU tensors and arrays of the right dtype are not copied)."""
+def to_numpy(x, dtype, name: str):
+    """A numpy view of x where possible (CPU tensors and arrays of the right dtype are not copied). What does
+    not convert (text, None, ragged lists) is a ValueError or TypeError naming the argument."""
     if is_tensor(x):
         x = x.detach()
         if x.device.type != "cpu":
@@ -25,7 +26,10 @@ def to_numpy(x, dtype):
         if x.dtype != _torch_dtype(dtype):
             x = x.to(_torch_dtype(dtype))
         return x.numpy()
-    return np.asarray(x, dtype=dtype)
+    try:
+        return np.asarray(x, dtype=dtype)
+    except (ValueError, TypeError) as e:
+        raise type(e)(f"{name} must be numbers convertible to {np.dtype(dtype).name}: {e}") from e
 
 
 def like(result: np.ndarray, reference):

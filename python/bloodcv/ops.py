@@ -26,7 +26,7 @@ Suppression.scores.__doc__ = ("Output scores (float32, (K,)) of the kept boxes: 
 
 
 def _overlap(boxes1, boxes2, metric, aligned):
-    a, b = to_numpy(boxes1, np.float32), to_numpy(boxes2, np.float32)
+    a, b = to_numpy(boxes1, np.float32, "boxes1"), to_numpy(boxes2, np.float32, "boxes2")
     out = _core.box_overlap_aligned(a, b, metric) if aligned else _core.box_overlap_matrix(a, b, metric)
     return like(out, boxes1)
 
@@ -67,13 +67,13 @@ def distance_box_iou(boxes1, boxes2, aligned: bool = False):
 def box_convert(boxes, in_fmt: str, out_fmt: str):
     """Converts (N, 4) boxes from in_fmt to out_fmt, each 'xyxy' (corners), 'xywh' (top-left corner, width,
     height) or 'cxcywh' (centre, width, height), in pixels. Returns a new float32 (N, 4) array or tensor."""
-    return like(_core.box_convert(to_numpy(boxes, np.float32), in_fmt, out_fmt), boxes)
+    return like(_core.box_convert(to_numpy(boxes, np.float32, "boxes"), in_fmt, out_fmt), boxes)
 
 
 def clip_boxes_to_image(boxes, size):
     """Clamps (N, 4) [x1, y1, x2, y2] boxes to an image of size (height, width) in pixels, as torchvision does:
     x to [0, width], y to [0, height]. Returns a new float32 (N, 4) array or tensor."""
-    return like(_core.clip_boxes_to_image(to_numpy(boxes, np.float32), tuple(size)), boxes)
+    return like(_core.clip_boxes_to_image(to_numpy(boxes, np.float32, "boxes"), tuple(size)), boxes)
 
 
 def nms(boxes, scores, iou_threshold: float):
@@ -84,7 +84,7 @@ def nms(boxes, scores, iou_threshold: float):
     decreasing score. Equal scores rank by lower index first (torchvision leaves their order to its sort)."""
     if is_tensor(boxes):
         return torch_ops().nms(boxes, scores, float(iou_threshold))
-    keep = _core.nms(to_numpy(boxes, np.float32), to_numpy(scores, np.float32), float(iou_threshold))
+    keep = _core.nms(to_numpy(boxes, np.float32, "boxes"), to_numpy(scores, np.float32, "scores"), float(iou_threshold))
     return like(keep, boxes)
 
 
@@ -95,7 +95,7 @@ def batched_nms(boxes, scores, idxs, iou_threshold: float):
     of the kept boxes by decreasing score."""
     if is_tensor(boxes):
         return torch_ops().batched_nms(boxes, scores, idxs, float(iou_threshold))
-    keep = _core.batched_nms(to_numpy(boxes, np.float32), to_numpy(scores, np.float32), to_numpy(idxs, np.int64),
+    keep = _core.batched_nms(to_numpy(boxes, np.float32, "boxes"), to_numpy(scores, np.float32, "scores"), to_numpy(idxs, np.int64, "idxs"),
                              float(iou_threshold))
     return like(keep, boxes)
 
@@ -103,9 +103,9 @@ def batched_nms(boxes, scores, idxs, iou_threshold: float):
 def _suppress(self, boxes, scores, labels=None, predicted_ious=None) -> Suppression:
     # Through the C++ entry point, so that a strategy written in Python is validated as when a pipeline calls it.
     keep, out_boxes, out_scores = _core.Suppressor.suppress(
-        self, to_numpy(boxes, np.float32), to_numpy(scores, np.float32),
-        None if labels is None else to_numpy(labels, np.int64),
-        None if predicted_ious is None else to_numpy(predicted_ious, np.float32))
+        self, to_numpy(boxes, np.float32, "boxes"), to_numpy(scores, np.float32, "scores"),
+        None if labels is None else to_numpy(labels, np.int64, "labels"),
+        None if predicted_ious is None else to_numpy(predicted_ious, np.float32, "predicted_ious"))
     return Suppression(like(keep, boxes), like(out_boxes, boxes), like(out_scores, boxes))
 
 
@@ -137,7 +137,8 @@ def merge_tile_detections(tiles, boxes, scores, labels=None, *, image_size, merg
     as), by decreasing score (in the merger's rank order with a merger)."""
     reference = boxes[0] if len(boxes) else None
     merged = _core.merge_tile_detections(
-        list(tiles), [to_numpy(b, np.float32) for b in boxes], [to_numpy(s, np.float32) for s in scores],
-        None if labels is None else [to_numpy(l, np.int64) for l in labels], tuple(image_size), merger,
+        list(tiles), [to_numpy(b, np.float32, f"boxes[{i}]") for i, b in enumerate(boxes)],
+        [to_numpy(s, np.float32, f"scores[{i}]") for i, s in enumerate(scores)],
+        None if labels is None else [to_numpy(l, np.int64, f"labels[{i}]") for i, l in enumerate(labels)], tuple(image_size), merger,
         match_threshold, metric, class_aware)
     return {k: like(v, reference) for k, v in merged.items()}

@@ -24,11 +24,12 @@ using LabelArray = py::array_t<std::int64_t, py::array::c_style | py::array::for
 
 // Any array-like (numpy, a torch tensor on any device, nested lists) as a C-contiguous numpy array of
 // float32 / int64: bloodcv._arrays.to_numpy does the torch part.
-inline FloatArray to_float_array(const py::handle& value) {
-  return py::cast<FloatArray>(py::module_::import("bloodcv._arrays").attr("to_numpy")(value, py::module_::import("numpy").attr("float32")));
+// `name` names the value in the error for what does not convert.
+inline FloatArray to_float_array(const py::handle& value, const std::string& name) {
+  return py::cast<FloatArray>(py::module_::import("bloodcv._arrays").attr("to_numpy")(value, py::module_::import("numpy").attr("float32"), name));
 }
-inline LabelArray to_label_array(const py::handle& value) {
-  return py::cast<LabelArray>(py::module_::import("bloodcv._arrays").attr("to_numpy")(value, py::module_::import("numpy").attr("int64")));
+inline LabelArray to_label_array(const py::handle& value, const std::string& name) {
+  return py::cast<LabelArray>(py::module_::import("bloodcv._arrays").attr("to_numpy")(value, py::module_::import("numpy").attr("int64"), name));
 }
 // `result` as the kind of array `reference` is: a torch tensor on its device, or numpy.
 inline py::object like(const py::object& result, const py::handle& reference) {
@@ -145,10 +146,10 @@ inline std::vector<Detection> detections_of(const FloatArray& boxes, const Float
 inline std::vector<Detection> detections_from_dict(const py::dict& d, const std::string& who) {
   if (!d.contains("boxes") || !d.contains("scores"))
     throw py::value_error(fmt::format("{} must give a dict with \"boxes\" and \"scores\" (and \"labels\", \"predicted_ious\")", who));
-  auto dets = detections_of(to_float_array(d["boxes"]), to_float_array(d["scores"]),
-                            d.contains("labels") ? std::optional<LabelArray>(to_label_array(d["labels"])) : std::nullopt);
+  auto dets = detections_of(to_float_array(d["boxes"], who + ": boxes"), to_float_array(d["scores"], who + ": scores"),
+                            d.contains("labels") ? std::optional<LabelArray>(to_label_array(d["labels"], who + ": labels")) : std::nullopt);
   if (d.contains("predicted_ious")) {
-    const auto ious = to_float_array(d["predicted_ious"]);
+    const auto ious = to_float_array(d["predicted_ious"], who + ": predicted_ious");
     if (static_cast<std::size_t>(ious.size()) != dets.size())
       throw py::value_error(fmt::format("{}: {} predicted_ious for {} boxes", who, ious.size(), dets.size()));
     for (std::size_t i = 0; i < dets.size(); ++i) dets[i].predicted_iou = ious.data()[i];

@@ -31,8 +31,8 @@ class PyTileMerger : public TileMerger {
     const py::object result = override(py_tiles, boxes, scores, labels, py::make_tuple(image_size.width, image_size.height));
     if (!py::isinstance<py::dict>(result) || !result.contains("boxes") || !result.contains("scores"))
       throw py::value_error("merge() must return a dict with \"boxes\" and \"scores\" (and \"labels\")");
-    return detections_of(to_float_array(result["boxes"]), to_float_array(result["scores"]),
-                         result.contains("labels") ? std::optional<LabelArray>(to_label_array(result["labels"])) : std::nullopt);
+    return detections_of(to_float_array(result["boxes"], "merge(): boxes"), to_float_array(result["scores"], "merge(): scores"),
+                         result.contains("labels") ? std::optional<LabelArray>(to_label_array(result["labels"], "merge(): labels")) : std::nullopt);
   }
 };
 
@@ -54,8 +54,8 @@ class PySuppressor : public Suppressor {
                                        to_numpy(std::vector<float>(in.scores.begin(), in.scores.end())), labels, ious);
     const py::tuple t = py::cast<py::tuple>(result);
     if (t.size() != 3) throw py::value_error("suppress() must return (keep, boxes, scores)");
-    const LabelArray keep = to_label_array(t[0]);
-    const FloatArray boxes = to_float_array(t[1]), scores = to_float_array(t[2]);
+    const LabelArray keep = to_label_array(t[0], "suppress(): keep");
+    const FloatArray boxes = to_float_array(t[1], "suppress(): boxes"), scores = to_float_array(t[2], "suppress(): scores");
     const auto kept = vector_span<std::int64_t>(keep, "keep");
     const auto out_boxes = box_span(boxes, "boxes");
     const auto out_scores = vector_span<float>(scores, "scores");

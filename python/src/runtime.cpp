@@ -33,13 +33,14 @@ std::vector<Detection> detections_from_python(const py::handle& item, std::size_
   }
   if (labels.is_none() && label_count > 1)
     throw py::value_error(fmt::format("detect() result {} has no labels, but the detector has {} labels", index, label_count));
-  auto dets = detections_of(to_float_array(boxes), to_float_array(scores),
-                            labels.is_none() ? std::nullopt : std::optional<LabelArray>(to_label_array(labels)));
+  const std::string where = fmt::format("detect() result {}: ", index);
+  auto dets = detections_of(to_float_array(boxes, where + "boxes"), to_float_array(scores, where + "scores"),
+                            labels.is_none() ? std::nullopt : std::optional<LabelArray>(to_label_array(labels, where + "labels")));
   for (const Detection& d : dets)
     if (d.label < 0 || static_cast<std::size_t>(d.label) >= label_count)
       throw py::value_error(fmt::format("detect() result {}: label {} is outside the detector's {} labels", index, d.label, label_count));
   if (!ious.is_none()) {
-    const auto values = to_float_array(ious);
+    const auto values = to_float_array(ious, where + "predicted_ious");
     if (values.ndim() != 1 || static_cast<std::size_t>(values.size()) != dets.size())
       throw py::value_error(fmt::format("detect() result {}: predicted_ious has shape {} for {} boxes", index, shape_of(values), dets.size()));
     for (std::size_t i = 0; i < dets.size(); ++i) dets[i].predicted_iou = values.data()[i];
@@ -115,7 +116,7 @@ class PyClassifier : public Classifier {
       if (!d.contains("probabilities")) throw py::value_error("classify() returned a dict without \"probabilities\"");
       result = d["probabilities"];
     }
-    const auto probs = to_float_array(result);
+    const auto probs = to_float_array(result, "classify(): probabilities");
     if (probs.ndim() != 2 || static_cast<std::size_t>(probs.shape(0)) != boxes.size() || static_cast<std::size_t>(probs.shape(1)) != k)
       throw py::value_error(fmt::format("classify() must return probabilities of shape ({}, {}) (boxes, labels), got {}", boxes.size(), k,
                                         shape_of(probs)));
@@ -294,7 +295,7 @@ void bind_runtime(py::module_& m) {
           "classify",
           [](const Classifier& self, const py::array& image, const py::object& boxes) {
             const cv::Mat mat = mat_view(image);
-            const FloatArray box_array = to_float_array(boxes);
+            const FloatArray box_array = to_float_array(boxes, "boxes");
             const auto span = box_span(box_array, "boxes");
             const std::vector<Box> list(span.begin(), span.end());
             std::vector<Classification> results;

@@ -32,6 +32,8 @@ std::vector<std::string> split_list(const std::string& text) {
 }
 
 eval::GroundTruth read_ground_truth(const EvalCommand& cmd) {
+  std::error_code ec;
+  if (!fs::exists(cmd.gt, ec)) throw std::invalid_argument(fmt::format("--gt '{}': no such file or directory", cmd.gt));
   std::string format = cmd.format;
   if (format.empty()) {  // from what the path holds
     const fs::path p(cmd.gt);
