@@ -81,8 +81,7 @@ std::vector<Detection> perfect_detections(const LabelledBoxes& truth, const std:
 }
 
 int run_tile(const TileCommand& cmd) {
-  const cv::Mat image = cv::imread(cmd.image, cv::IMREAD_COLOR);
-  if (image.empty()) throw std::runtime_error(fmt::format("cannot read image '{}': missing or not a decodable image", cmd.image));
+  const cv::Mat image = read_image(cmd.image);
   GridTilerOptions options;
   options.tile_size = parse_size(cmd.tile);
   options.overlap_ratio = cmd.overlap;

@@ -47,31 +47,79 @@ def test_demo_recovers_every_known_box_exactly_once(demo):
     assert not list(out.glob("*.partial*"))
 
 
-def test_cli_and_python_merge_give_the_same_detections(demo):
-    _, report = demo
+def known_cells():
     objects = json.loads(BOXES.read_text())["objects"]
-    names = sorted({o["label"] for o in objects}, key=[o["label"] for o in objects].index)
-    cells = np.array([o["box"] for o in objects], np.float32)
-    labels = np.array([names.index(o["label"]) for o in objects])
-    tiler = bloodcv.GridTiler(tile_size=(320, 240), overlap=0.15)
-    tiles = tiler.plan((report["width"], report["height"]))
-    per_boxes, per_scores, per_labels = [], [], []
-    for t in tiles:  # the CLI's perfect detector: visible part of each box, scored by visible fraction
-        local = cells - np.array([t.x, t.y, t.x, t.y], np.float32)
-        part = np.clip(local, 0, [t.width, t.height, t.width, t.height]).astype(np.float32)
-        visible = (part[:, 2] - part[:, 0]) * (part[:, 3] - part[:, 1])
-        area = (cells[:, 2] - cells[:, 0]) * (cells[:, 3] - cells[:, 1])
-        seen = visible > 0
-        per_boxes.append(part[seen])
-        per_scores.append((visible / area)[seen].astype(np.float32))
-        per_labels.append(labels[seen])
-    merged = bloodcv.merge_tile_detections(tiles, per_boxes, per_scores, per_labels,
-                                           image_size=(report["width"], report["height"]))
-    cli_boxes = np.array([d["box"] for d in report["detections"]], np.float32)
-    cli_labels = [d["label"] for d in report["detections"]]
-    np.testing.assert_allclose(merged["boxes"], cli_boxes, atol=1e-4)
-    np.testing.assert_allclose(merged["scores"], [d["score"] for d in report["detections"]], rtol=1e-6)
-    assert [names[i] for i in merged["labels"]] == cli_labels
+    return np.array([o["box"] for o in objects], np.float32), [o["label"] for o in objects]
+
+
+def inside(box, cell, tol=1e-3):
+    return box[0] >= cell[0] - tol and box[1] >= cell[1] - tol and box[2] <= cell[2] + tol and box[3] <= cell[3] + tol
+
+
+def test_seam_merging_gives_back_the_known_boxes_exactly(demo):
+    """The CLI's detector sees the visible part of each known box in each tile; merging across seams must give
+    every box back whole, once, with its label."""
+    _, report = demo
+    cells, labels = known_cells()
+    got = sorted((d["label"], tuple(d["box"])) for d in report["detections"])
+    want = sorted((label, tuple(float(v) for v in cell)) for cell, label in zip(cells, labels))
+    assert got == want
+
+
+def pooled_parts():
+    """What the CLI's perfect detector reports, pooled in image coordinates: per tile (in plan order), the
+    visible part of each known box with the visible fraction (float32) as its score."""
+    cells, labels = known_cells()
+    names = sorted(set(labels), key=labels.index)
+    boxes, scores, label_ids = [], [], []
+    for t in bloodcv.GridTiler(tile_size=(320, 240), overlap=0.15).plan((640, 480)):
+        for cell, label in zip(cells, labels):
+            part = np.array([max(cell[0], t.x), max(cell[1], t.y), min(cell[2], t.x + t.width), min(cell[3], t.y + t.height)],
+                            np.float32)
+            if part[2] > part[0] and part[3] > part[1]:
+                boxes.append(part)
+                area = lambda b: np.float32(b[2] - b[0]) * np.float32(b[3] - b[1])  # noqa: E731
+                scores.append(area(part) / area(cell))
+                label_ids.append(names.index(label))
+    return np.array(boxes), np.array(scores, np.float32), np.array(label_ids), names
+
+
+def reference_merge(merge, boxes, scores, labels):
+    """The pooled strategies' answers from the references in test_merge_reference and test_soft_nms_reference."""
+    from test_merge_reference import nmm_reference, wbf_reference
+    from test_soft_nms_reference import soft_nms_reference
+    if merge == "nmm":
+        keep, out_boxes, out_scores = nmm_reference(boxes, scores, labels, 0.5, "ios", greedy=True)
+    elif merge == "nms":  # hard NMS keeps exactly greedy NMM's leaders, with their own boxes
+        keep, _, out_scores = nmm_reference(boxes, scores, labels, 0.5, "ios", greedy=True)
+        out_boxes = boxes[keep]
+    elif merge == "wbf":
+        keep, out_boxes, out_scores = wbf_reference(boxes, scores, labels)
+    else:  # class-aware Soft-NMS: each label on its own
+        keep, out_scores = [], []
+        for label in np.unique(labels):
+            members = np.flatnonzero(labels == label)
+            k, s = soft_nms_reference(boxes[members], scores[members], "gaussian")
+            keep += list(members[k])
+            out_scores += list(s)
+        keep = np.array(keep)
+        out_boxes = boxes[keep]
+    return keep, np.asarray(out_boxes), np.asarray(out_scores)
+
+
+@pytest.mark.parametrize("merge", ["nmm", "nms", "wbf", "soft-nms"])
+def test_pooled_mergers_give_what_their_reference_gives_on_the_tile_parts(tmp_path, merge):
+    result = run("tile", SAMPLE, "--boxes", BOXES, "--tile", "320x240", "--overlap", "0.15", "--merge", merge, "--out", tmp_path)
+    assert result.returncode == 0, result.stderr
+    detections = json.loads((tmp_path / (SAMPLE.stem + ".tiles.json")).read_text())["detections"]
+    boxes, scores, labels, names = pooled_parts()
+    assert len(boxes) == 68
+    keep, out_boxes, out_scores = reference_merge(merge, boxes, scores, labels)
+    got = sorted((d["label"], *np.round(d["box"], 2), round(d["score"], 4)) for d in detections)
+    want = sorted((names[labels[k]], *np.round(b, 2), round(float(s), 4)) for k, b, s in zip(keep, out_boxes, out_scores))
+    assert got == want
+    # Seam merging gives 19 whole cells back; the pooled strategies do not (why seam is the default).
+    assert len(detections) != 19 or merge in ("nmm", "nms")
 
 
 def test_unreadable_image_fails_cleanly(tmp_path):

@@ -47,7 +47,7 @@ def test_tensors_on_input_are_read_in_place():
     # The numpy view of a contiguous float32 CPU tensor shares its memory: no copy on the way in.
     from bloodcv._arrays import to_numpy
     t = torch.rand(10, 4)
-    assert to_numpy(t, np.float32).ctypes.data == t.data_ptr()
+    assert to_numpy(t, np.float32, "t").ctypes.data == t.data_ptr()
 
 
 def test_soft_nms_hand_computed():
