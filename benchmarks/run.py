@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/run.py pipeline [--detector models/cell_detector.pt] [--quick]
     .venv/bin/python benchmarks/run.py assign [--quick]
     .venv/bin/python benchmarks/run.py slides [--quick]
+    .venv/bin/python benchmarks/run.py threads [--quick]
 
 Everything runs on the CPU with one thread (torch.set_num_threads(1); the C++ benchmark pinned to one core
 where taskset exists), except the rows and sections that say "all" cores. Each case is timed several times on the same data and the median is reported;
@@ -131,7 +132,7 @@ def write_results(section: str, lines: list[str]) -> Path:
     (results / f"{section}.md").write_text("\n".join(lines) + "\n")
     out = ROOT / "benchmarks" / "RESULTS.md"
     parts = ["# Benchmark results", "", "Each section is written by `.venv/bin/python benchmarks/run.py SECTION` "
-             "(sections: nms, pipeline, forward, assign, slides); the machine below is the one the latest section ran on.", "",
+             "(sections: nms, pipeline, forward, assign, slides, threads); the machine below is the one the latest section ran on.", "",
              "## Machine", ""] + machine()
     for f in sorted(results.glob("*.md")):
         parts += ["", f.read_text().rstrip()]
@@ -227,6 +228,9 @@ def main() -> None:
     assign_p.add_argument("--quick", action="store_true")
     slides_p = sub.add_parser("slides", help="peak memory and time against slide size; Dask scaling from 1 to 2 workers")
     slides_p.add_argument("--quick", action="store_true")
+    threads_p = sub.add_parser("threads", help="Python threads sharing one Pipeline: one against two")
+    threads_p.add_argument("--detector", default=str(ROOT / "models" / "cell_detector.pt"))
+    threads_p.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.section == "nms":
@@ -236,6 +240,9 @@ def main() -> None:
     elif args.section == "forward":
         from forward_bench import forward_section
         lines = forward_section(Path(args.detector), Path(args.datasets), args.quick)
+    elif args.section == "threads":
+        from threads_bench import threads_section
+        lines = threads_section(Path(args.detector), args.quick)
     elif args.section == "slides":
         from slide_bench import slides_section
         lines = slides_section(args.quick)
