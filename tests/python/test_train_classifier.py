@@ -187,8 +187,10 @@ def test_cell_box_and_runtime_crop():
     box, found = tc.estimate_cell_box(img)
     assert found
     np.testing.assert_allclose(box, [46, 40, 83, 77], atol=2)
+    # Clipped to (0, 0, 10, 10) first, as the runtime does, then 5 px of context: (-5, -5) to (15, 15).
     crop = tc.crop_like_runtime(img, [-10, -10, 10, 10], 0.5, pad_value=114)
-    assert crop.shape == (40, 40, 3) and (crop[:5, :5] == 114).all() and (crop[-5:, -5:] == img[:5, :5]).all()
+    assert crop.shape == (20, 20, 3) and (crop[:5, :] == 114).all() and (crop[:, :5] == 114).all()
+    assert (crop[5:, 5:] == img[:15, :15]).all()
     blank = np.full((100, 100, 3), 220, np.uint8)
     box, found = tc.estimate_cell_box(blank, fallback_side=0.4)
     assert not found and np.allclose(box, [30, 30, 70, 70])

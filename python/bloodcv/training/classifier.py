@@ -244,9 +244,12 @@ def estimate_cell_box(bgr: np.ndarray, dark: float = 0.85, purple: float = 25.0,
 
 
 def crop_like_runtime(bgr: np.ndarray, box, padding: float, pad_value: float = 114) -> np.ndarray:
-    """The crop TorchScriptClassifier::classify takes: the box plus padding · its size per side (at least
-    1 px), floor/ceil to pixels, what lies outside the image filled with pad_value."""
+    """The crop TorchScriptClassifier::classify takes: the box clipped to the image, plus padding · its size
+    per side (at least 1 px), floor/ceil to pixels, what lies outside the image filled with pad_value."""
+    height, width = bgr.shape[:2]
     x1, y1, x2, y2 = (float(v) for v in box)
+    x1, x2 = min(max(x1, 0.0), width), min(max(x2, 0.0), width)
+    y1, y2 = min(max(y1, 0.0), height), min(max(y2, 0.0), height)
     px, py = max((x2 - x1) * padding, 1.0), max((y2 - y1) * padding, 1.0)
     wx1, wy1 = int(math.floor(x1 - px)), int(math.floor(y1 - py))
     wx2, wy2 = int(math.ceil(x2 + px)), int(math.ceil(y2 + py))
@@ -346,12 +349,15 @@ def _uniform(g, n, lo, hi):
 def make_batch(images: torch.Tensor, centre: torch.Tensor, half: torch.Tensor, cfg: dict,
                g: torch.Generator | None = None, augment: bool = False) -> torch.Tensor:
     """Normalised float [B, 3, s, s] model inputs from uint8 images [B, 3, H, W]: the box (centre and
-    half-size in [-1, 1] image coordinates, normalised_boxes) plus padding per side (crop_padding without
+    half-size in [-1, 1] image coordinates, normalised_boxes; clipped to the image) plus padding per side (crop_padding without
     augmentation, a random one with), stretched to s² by one bilinear resampling, as the runtime's
     crop-and-resize (outside the image: pad_value)."""
     n = images.shape[0]
     s = cfg["input_size"]
     a = cfg["augment"]
+    # The box clipped to the image first, as the runtime clips a detection before adding its context.
+    low, high = (centre - half).clamp(-1, 1), (centre + half).clamp(-1, 1)
+    centre, half = (low + high) / 2, (high - low) / 2
     x = images.float().sub_(float(cfg["input"]["pad_value"]))  # sampled with zero padding: pad_value outside
     hw, hh = half[:, 0], half[:, 1]
     if augment:
