@@ -10,10 +10,10 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
-#include <opencv2/imgcodecs.hpp>
 #include <pugixml.hpp>
 
 #include "bloodcv/eval.hpp"
+#include "bloodcv/image.hpp"
 
 #include "json_checks.hpp"
 
@@ -144,18 +144,14 @@ GroundTruth read_yolo(const std::string& labels_dir, const std::string& images_d
     if (labels.empty()) fail_file(labels_dir, "no label names: pass them, or put classes.txt beside the label files");
   }
   gt.labels = labels;
-  std::map<std::string, fs::path> images;
-  for (const auto& e : fs::directory_iterator(images_dir))
-    if (e.is_regular_file()) images[e.path().stem().string()] = e.path();
+  const std::map<std::string, std::string> images = images_by_stem(images_dir);
   for (const fs::path& file : files_with(labels_dir, ".txt")) {
     if (file.filename() == "classes.txt") continue;
     ImageGroundTruth image;
     image.image = file.stem().string();
     const auto found = images.find(image.image);
     if (found == images.end()) fail_file(file, fmt::format("no image named '{}.*' in '{}'", image.image, images_dir));
-    const cv::Mat pixels = cv::imread(found->second.string(), cv::IMREAD_UNCHANGED);
-    if (pixels.empty()) fail_file(found->second, "cannot read image");
-    image.size = pixels.size();
+    image.size = read_image(found->second).size();
     std::ifstream in(file);
     int line_number = 0;
     for (std::string line; std::getline(in, line);) {

@@ -1,5 +1,7 @@
 #include "bloodcv/image.hpp"
 
+#include <algorithm>
+#include <cctype>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
@@ -7,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include <fmt/format.h>
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
 
@@ -116,6 +119,36 @@ cv::Mat read_image(const std::string& path) {
   } catch (const std::invalid_argument& e) {
     throw std::runtime_error(std::string("cannot use image: ") + e.what());
   }
+}
+
+const std::vector<std::string>& image_extensions() {
+  static const std::vector<std::string> extensions{".jpg", ".jpeg", ".jpe", ".png", ".tif", ".tiff", ".bmp", ".dib", ".webp", ".jp2",
+                                                   ".pbm", ".pgm", ".ppm", ".pnm", ".pxm", ".sr", ".ras", ".exr", ".hdr", ".pic",
+                                                   ".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide"};
+  return extensions;
+}
+
+bool is_image_file(const std::string& path) {
+  std::string ext = std::filesystem::path(path).extension().string();
+  std::transform(ext.begin(), ext.end(), ext.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  const auto& known = image_extensions();
+  return std::find(known.begin(), known.end(), ext) != known.end();
+}
+
+std::map<std::string, std::string> images_by_stem(const std::string& dir) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  fs::directory_iterator entries(dir, ec);
+  if (ec) throw std::runtime_error(fmt::format("cannot list images in '{}': {}", dir, ec.message()));
+  std::map<std::string, std::string> images;
+  for (const auto& e : entries) {
+    if (!e.is_regular_file(ec) || !is_image_file(e.path().string())) continue;
+    const auto [it, added] = images.emplace(e.path().stem().string(), e.path().string());
+    if (!added)
+      throw std::runtime_error(fmt::format("two images named '{}' in '{}': '{}' and '{}'", it->first, dir, fs::path(it->second).filename().string(),
+                                           e.path().filename().string()));
+  }
+  return images;
 }
 
 }  // namespace bloodcv

@@ -54,12 +54,6 @@ int run_distributed(const AnalyzeCommand& cmd) {
   exec_python_module("bloodcv.distributed", args);
 }
 
-// The file types OpenCV decodes (imgcodecs), as a directory is searched for images.
-// and the whole-slide formats OpenSlide reads.
-const char* const kImageExtensions[] = {".jpg", ".jpeg", ".jpe", ".png", ".tif", ".tiff", ".bmp", ".dib", ".webp", ".jp2",
-                                        ".pbm", ".pgm", ".ppm", ".pnm", ".pxm", ".sr", ".ras", ".exr", ".hdr", ".pic",
-                                        ".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide"};
-
 // A file read as a whole slide, tile by tile: one OpenSlide opens and that is pyramidal or too large to
 // hold (a small single-level tiled TIFF is read as an image).
 std::unique_ptr<OpenSlideSource> open_as_slide(const fs::path& path) {
@@ -68,12 +62,6 @@ std::unique_ptr<OpenSlideSource> open_as_slide(const fs::path& path) {
   const cv::Size s = source->size();
   if (source->levels().size() > 1 || static_cast<long long>(s.width) * s.height > (64LL << 20)) return source;
   return nullptr;
-}
-
-bool is_image_file(const fs::path& p) {
-  std::string ext = p.extension().string();
-  std::transform(ext.begin(), ext.end(), ext.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
-  return std::any_of(std::begin(kImageExtensions), std::end(kImageExtensions), [&](const char* e) { return ext == e; });
 }
 
 // Every image once, in the order given (a directory's images sorted by name).
@@ -90,8 +78,8 @@ std::vector<fs::path> collect_images(const std::vector<std::string>& inputs) {
     if (fs::is_directory(p)) {
       std::vector<fs::path> found;
       for (const auto& e : fs::directory_iterator(p))
-        if (e.is_regular_file() && is_image_file(e.path())) found.push_back(e.path());
-      if (found.empty()) throw std::runtime_error(fmt::format("no images ({}) in directory '{}'", fmt::join(kImageExtensions, " "), in));
+        if (e.is_regular_file() && is_image_file(e.path().string())) found.push_back(e.path());
+      if (found.empty()) throw std::runtime_error(fmt::format("no images ({}) in directory '{}'", fmt::join(image_extensions(), " "), in));
       std::sort(found.begin(), found.end());
       for (const fs::path& f : found) add(f);
     } else {

@@ -68,17 +68,15 @@ std::string predict(const EvalCommand& cmd, const eval::GroundTruth& gt) {
   config.score_threshold = cmd.score_threshold;
   if (!cmd.precision.empty()) config.runtime.precision = cmd.precision;
   const Pipeline pipeline = make_pipeline(config);
-  std::map<std::string, fs::path> files;
-  for (const auto& e : fs::directory_iterator(cmd.images))
-    if (e.is_regular_file()) files[e.path().stem().string()] = e.path();
+  const std::map<std::string, std::string> files = images_by_stem(cmd.images);
   const fs::path dir = fs::path(cmd.out) / "predictions";
   fs::create_directories(dir);
   std::size_t done = 0;
   for (const auto& image : gt.images) {
     const auto it = files.find(image.image);
     if (it == files.end()) throw std::runtime_error(fmt::format("no image named '{}' in '{}'", image.image, cmd.images));
-    const AnalysisResult r = pipeline.analyze(it->second.string());
-    write_text_file((dir / (image.image + ".json")).string(), to_json(r, it->second.string()));
+    const AnalysisResult r = pipeline.analyze(it->second);
+    write_text_file((dir / (image.image + ".json")).string(), to_json(r, it->second));
     if (++done % 20 == 0 || done == gt.images.size()) fmt::print(stderr, "\rpredicted {}/{} images", done, gt.images.size());
   }
   fmt::print(stderr, "\n");
