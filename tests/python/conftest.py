@@ -1,3 +1,4 @@
+import functools
 import importlib.util
 from pathlib import Path
 
@@ -18,12 +19,18 @@ def random_boxes(rng, n, extent=1000.0, max_side=80.0):
     return np.concatenate([xy, xy + wh], axis=1).astype(np.float32)
 
 
-@pytest.fixture(scope="session")
-def models(tmp_path_factory):
+@functools.lru_cache(maxsize=None)
+def make_test_models_module():
+    """tests/models/make_test_models.py as a module (its small modules, e.g. Constant, serve tests too)."""
     spec = importlib.util.spec_from_file_location("make_test_models", ROOT / "tests" / "models" / "make_test_models.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    out = module.main(tmp_path_factory.mktemp("models"))
+    return module
+
+
+@pytest.fixture(scope="session")
+def models(tmp_path_factory):
+    out = make_test_models_module().main(tmp_path_factory.mktemp("models"))
     return {p.stem: str(p) for p in out.glob("*.pt")}
 
 

@@ -18,26 +18,14 @@ from bloodcv import assign as A
 from bloodcv.assign import BACKGROUND, IGNORE
 from bloodcv.export import export_model
 
-from conftest import smear
+from conftest import make_test_models_module, smear
 
 
 def sigmoid(x):
     return 1.0 / (1.0 + math.exp(-x))
 
 
-class Constant(torch.nn.Module):
-    """A detector whose raw outputs are fixed tensors, repeated over the batch."""
-
-    def __init__(self, *outputs):
-        super().__init__()
-        for i, t in enumerate(outputs):
-            self.register_buffer(f"out{i}", t)
-        self.count = len(outputs)
-
-    def forward(self, x):
-        outs = [getattr(self, f"out{i}").unsqueeze(0).expand(x.shape[0], *getattr(self, f"out{i}").shape)
-                for i in range(self.count)]
-        return outs[0] if self.count == 1 else tuple(outs)
+Constant = make_test_models_module().Constant  # a detector whose raw outputs are fixed tensors
 
 
 # --- the anchor (RetinaNet-style) decoder -------------------------------------------------------------------
