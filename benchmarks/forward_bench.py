@@ -25,17 +25,7 @@ class Features(torch.nn.Module):
         self.m = model
 
     def forward(self, x):
-        m = self.m
-        x = m.c3_2(m.down2(m.stem(x)))
-        p3 = m.c3_3(m.down3(x))
-        p4 = m.c3_4(m.down4(p3))
-        p5 = m.sppf(m.c3_5(m.down5(p4)))
-        h5 = m.lat5(p5)
-        h4 = m.lat4(m.fpn4(torch.cat((m.up(h5), p4), 1)))
-        o3 = m.fpn3(torch.cat((m.up(h4), p3), 1))
-        o4 = m.pan4(torch.cat((m.pan_down3(o3), h4), 1))
-        o5 = m.pan5(torch.cat((m.pan_down4(o4), h5), 1))
-        return o3, o4, o5
+        return self.m.features(x)
 
 
 class Quantised(torch.nn.Module):

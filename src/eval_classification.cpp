@@ -35,7 +35,7 @@ ClassificationReport evaluate_classification(const std::vector<std::int64_t>& tr
   int correct = 0, total = static_cast<int>(truth.size());
   for (std::size_t c = 0; c < k; ++c) correct += r.confusion[c][c];
   r.accuracy = total ? static_cast<double>(correct) / total : 0;
-  int occurring = 0;  // classes in the truth or the predictions
+  std::vector<bool> occurs(k);  // in the truth or the predictions
   for (std::size_t c = 0; c < k; ++c) {
     int predicted_c = 0, support = 0;
     for (std::size_t o = 0; o < k; ++o) {
@@ -48,22 +48,20 @@ ClassificationReport evaluate_classification(const std::vector<std::int64_t>& tr
     r.recall.push_back(rc);
     r.f1.push_back(p + rc > 0 ? 2 * p * rc / (p + rc) : 0);
     r.support.push_back(support);
-    if (support || predicted_c) ++occurring;
+    occurs[c] = support || predicted_c;
     r.weighted_precision += p * support;
     r.weighted_recall += rc * support;
     r.weighted_f1 += r.f1.back() * support;
   }
   // Macro averages over the classes that occur in the truth or the predictions, as scikit-learn's (labels
   // not given, zero_division=0): a class only ever predicted counts, with recall and F1 of 0.
-  for (std::size_t c = 0; c < k; ++c) {
-    int predicted_c = 0;
-    for (std::size_t o = 0; o < k; ++o) predicted_c += r.confusion[o][c];
-    if (r.support[c] || predicted_c) {
+  const auto occurring = static_cast<double>(std::count(occurs.begin(), occurs.end(), true));
+  for (std::size_t c = 0; c < k; ++c)
+    if (occurs[c]) {
       r.macro_precision += r.precision[c] / occurring;
       r.macro_recall += r.recall[c] / occurring;
       r.macro_f1 += r.f1[c] / occurring;
     }
-  }
   if (total) {
     r.weighted_precision /= total;
     r.weighted_recall /= total;

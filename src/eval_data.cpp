@@ -3,6 +3,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <optional>
 #include <set>
 #include <sstream>
 #include <string>
@@ -57,9 +58,10 @@ double voc_coordinate(const pugi::xml_node& bndbox, const char* tag, const std::
 }
 
 // An integer key of a COCO file, checked to be whole and within T before the cast (7.8e28 as an id was
-// undefined behaviour).
+// undefined behaviour); `fallback` when given and the key is absent.
 template <class T>
-T integer_at(const json& object, const char* key, const fs::path& file) {
+T integer_at(const json& object, const char* key, const fs::path& file, std::optional<T> fallback = std::nullopt) {
+  if (fallback && !object.contains(key)) return *fallback;
   const json& value = object.at(key);
   if (!detail::holds_integer<T>(value))
     fail_file(file, fmt::format("\"{}\" must be a whole number within the range of its type, got {}", key, value.dump()));
@@ -183,7 +185,8 @@ GroundTruth read_coco(const std::string& path) {
     std::map<std::int64_t, std::size_t> image_index;
     for (const auto& im : doc.at("images")) {
       image_index[integer_at<std::int64_t>(im, "id", path)] = gt.images.size();
-      gt.images.push_back({fs::path(im.at("file_name").get<std::string>()).stem().string(), {im.contains("width") ? integer_at<int>(im, "width", path) : 0, im.contains("height") ? integer_at<int>(im, "height", path) : 0}, {}});
+      const cv::Size size(integer_at<int>(im, "width", path, 0), integer_at<int>(im, "height", path, 0));
+      gt.images.push_back({fs::path(im.at("file_name").get<std::string>()).stem().string(), size, {}});
     }
     for (const auto& a : doc.at("annotations")) {
       const auto bbox = a.at("bbox").get<std::vector<double>>();

@@ -254,8 +254,9 @@ void AtomicFiles::commit() {
     std::error_code ec;
     fs::rename(files_[i].first, files_[i].second, ec);
     if (ec) {  // none or all: the files already in place go too (the destructor removes the partial rest)
+      const std::string reason = ec.message();
       for (std::size_t k = 0; k < i; ++k) fs::remove(files_[k].second, ec);
-      throw std::runtime_error(fmt::format("cannot write '{}': {}", files_[i].second, ec.message()));
+      throw std::runtime_error(fmt::format("cannot write '{}': {}", files_[i].second, reason));
     }
   }
   committed_ = true;

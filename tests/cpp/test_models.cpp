@@ -287,6 +287,7 @@ TEST_CASE("reports are written whole or not at all", "[models][pipeline]") {
   // The last rename failing (a directory holds the JSON report's name) takes back the three renamed before it.
   std::filesystem::create_directories(dir / "c.json" / "occupied");
   CHECK_THROWS_WITH(write_reports(image, r, dir.string(), "c", 3), Contains("cannot write '" + (dir / "c.json").string() + "'"));
+  CHECK_THROWS_WITH(write_reports(image, r, dir.string(), "c", 3), Contains("Is a directory"));  // rename's reason, kept
   for (const char* name : {"c.overlay.jpg", "c.csv", "c.coco.json", ".partial.c.overlay.jpg", ".partial.c.csv", ".partial.c.coco.json", ".partial.c.json"})
     CHECK_FALSE(std::filesystem::exists(dir / name));
   // An output directory that cannot be made (its parent is a file) names the directory.

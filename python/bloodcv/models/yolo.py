@@ -191,7 +191,8 @@ class YoloDetector(nn.Module):
                 m.eps, m.momentum = 1e-3, 0.03
         self.detect.initialize_biases(input_size)
 
-    def forward(self, x):
+    def features(self, x):
+        """The backbone and PAN neck: the head's inputs at strides 8, 16 and 32."""
         x = self.c3_2(self.down2(self.stem(x)))
         p3 = self.c3_3(self.down3(x))
         p4 = self.c3_4(self.down4(p3))
@@ -201,6 +202,10 @@ class YoloDetector(nn.Module):
         o3 = self.fpn3(torch.cat((self.up(h4), p3), 1))
         o4 = self.pan4(torch.cat((self.pan_down3(o3), h4), 1))
         o5 = self.pan5(torch.cat((self.pan_down4(o4), h5), 1))
+        return o3, o4, o5
+
+    def forward(self, x):
+        o3, o4, o5 = self.features(x)
         return self.detect([o3, o4, o5])
 
     @torch.no_grad()
