@@ -1,6 +1,7 @@
 """Python threads sharing one Pipeline: analyses per second with one Python thread against two, LibTorch on one
-intra-op thread, so that any gain comes from Pipeline.analyze releasing the GIL (issue 15). Also the same with
-LibTorch on every core and one Python thread, the other way to use the cores. Runs interleaved, median of runs;
+intra-op thread, so that any gain comes from Pipeline.analyze releasing the GIL (issue 15). (LibTorch on every
+core is the other way to use them: `benchmarks/run.py pipeline`, each variant in its own process, since the
+intra-op thread count cannot be changed reliably once a process has run on it.) Runs interleaved, median of runs;
 every thread's cells are checked equal to a sequential run's before a time is recorded.
 
     .venv/bin/python benchmarks/run.py threads [--detector models/cell_detector.pt] [--quick]
@@ -52,27 +53,22 @@ def threads_section(detector: Path, quick: bool) -> list[str]:
     lines = [f"## Python threads sharing one Pipeline — {time.strftime('%Y-%m-%d')}", "",
              f"{len(images)} BCCD-sized images (640×480, the bundled sample flipped and shifted) through one "
              f"`bloodcv.Pipeline(TorchScriptDetector('{detector.name}'))`, no classifier; per run every image analysed "
-             f"once; median of {runs} runs, variants interleaved; cells checked equal to a one-thread run. "
-             f"{os.cpu_count()} cores.", "",
-             "| LibTorch intra-op threads | Python threads | images/s | speed-up over one Python thread |",
-             "|---:|---:|---:|---:|"]
-    for intra in (1, os.cpu_count() or 1):
-        torch.set_num_threads(intra)
-        pipeline = bloodcv.Pipeline(bloodcv.TorchScriptDetector(str(detector), threads=intra))
-        _, want = run_threads(pipeline, images, 1)  # warm-up and reference
-        want = [cells(r) for r in want]
-        variants = (1, 2) if intra == 1 else (1,)
-        times = {n: [] for n in variants}
-        for _ in range(runs):
-            for n in variants:
-                seconds, got = run_threads(pipeline, images, n)
-                if [cells(r) for r in got] != want:
-                    raise SystemExit(f"{n} Python threads gave other cells than one")
-                times[n].append(seconds)
-        base = statistics.median(times[1])
-        for n in variants:
-            t = statistics.median(times[n])
-            lines.append(f"| {intra} | {n} | {len(images) / t:.2f} | {base / t:.2f}× |")
-            print(lines[-1], flush=True)
+             f"once; LibTorch on one intra-op thread; median of {runs} runs, variants interleaved; cells checked equal to a "
+             f"one-thread run. {os.cpu_count()} cores.", "",
+             "| Python threads | images/s | speed-up over one Python thread |", "|---:|---:|---:|"]
     torch.set_num_threads(1)
+    pipeline = bloodcv.Pipeline(bloodcv.TorchScriptDetector(str(detector), threads=1))
+    _, want = run_threads(pipeline, images, 1)  # warm-up and reference
+    want = [cells(r) for r in want]
+    times = {1: [], 2: []}
+    for _ in range(runs):
+        for n in times:
+            seconds, got = run_threads(pipeline, images, n)
+            if [cells(r) for r in got] != want:
+                raise SystemExit(f"{n} Python threads gave other cells than one")
+            times[n].append(seconds)
+    base = statistics.median(times[1])
+    for n, t in times.items():
+        lines.append(f"| {n} | {len(images) / statistics.median(t):.2f} | {base / statistics.median(t):.2f}× |")
+        print(lines[-1], flush=True)
     return lines
