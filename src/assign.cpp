@@ -5,6 +5,7 @@
 #include <cmath>
 #include <limits>
 #include <sstream>
+#include <tuple>
 
 #include <ATen/ATen.h>
 
@@ -326,6 +327,7 @@ AssignResult PaaAssigner::assign(const AssignInput& in) const {
     for (const auto a : chosen) x.push_back(s[g * a_count + a]);
     const double lo = *std::min_element(x.begin(), x.end()), hi = *std::max_element(x.begin(), x.end());
     std::vector<double> positive_probability(x.size(), 1.0);
+    double band_low = -std::numeric_limits<double>::infinity(), band_high = band_low;  // nothing ignored
     if (chosen.size() >= 2 && hi > lo) {
       // Initial variances: the scores' own (the reference's 1.0 suits its loss-based scores, not
       // probabilities in [0, 1], where EM would stop before the components separate).
@@ -335,12 +337,17 @@ AssignResult PaaAssigner::assign(const AssignInput& in) const {
       const Gmm1d init{{0.5, 0.5}, {lo, hi}, {var + 1e-6, var + 1e-6}};
       const Gmm1d gmm = fit_gmm_1d(x, init, options_.em_iterations, options_.em_tolerance);
       positive_probability = gmm_posterior(gmm, x);
+      if (options_.ignore_band) std::tie(band_low, band_high) = std::minmax(gmm.means[0], gmm.means[1]);
     }
-    for (std::size_t i = 0; i < chosen.size(); ++i)
-      if (positive_probability[i] > 0.5) {
+    for (std::size_t i = 0; i < chosen.size(); ++i) {
+      const bool positive = options_.ignore_band ? x[i] >= band_high : positive_probability[i] > 0.5;
+      if (positive) {
         gt_index[chosen[i]] = g;
         weights[chosen[i]] = positive_probability[i];
+      } else if (options_.ignore_band && x[i] >= band_low) {
+        gt_index[chosen[i]] = kIgnore;
       }
+    }
   }
   r.gt_index = gt_index.to(in.anchors.device());
   finish(r, in, weights.to(in.anchors.device()));

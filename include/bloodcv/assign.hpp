@@ -81,13 +81,17 @@ class AtssAssigner final : public LabelAssigner {
 // mmdetection's PAA); their score is class probability × IoU(predicted box, box)^lambda; per level the
 // top_k scores are kept, and a two-component 1-D Gaussian mixture fitted by EM (means initialised at the
 // lowest and highest score, as the reference; variances at the scores' variance) splits positives (the
-// high component, posterior > 0.5) from negatives.
+// high component, posterior > 0.5) from negatives. With ignore_band (the bone-marrow thesis' rule), the
+// components' means s1 < s2 split three ways instead: below s1 negative, from s1 to below s2 ignored
+// (kIgnore: neither taught "cell" nor "no cell"), from s2 up positive, so that the ambiguous middle teaches
+// nothing either way.
 struct PaaOptions {
   std::int64_t top_k = 9;
   double iou_lambda = 1.0;
   double candidate_iou = 0.1;
   int em_iterations = 100;
   double em_tolerance = 1e-3;
+  bool ignore_band = false;
 };
 
 class PaaAssigner final : public LabelAssigner {

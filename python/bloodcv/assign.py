@@ -93,10 +93,13 @@ class AtssAssigner(LabelAssigner):
 
 
 class PaaAssigner(LabelAssigner):
-    """PAA: score = class probability x IoU(predicted box)^lambda; top_k per level; a 2-component GMM by EM splits them."""
+    """PAA: score = class probability x IoU(predicted box)^lambda; top_k per level; a 2-component GMM by EM splits them
+    (posterior > 0.5 positive; with ignore_band, the thesis' rule: below the low mean negative, from it to the high
+    mean ignored, from the high mean up positive)."""
 
-    def __init__(self, top_k=9, iou_lambda=1.0, candidate_iou=0.1, em_iterations=100, em_tolerance=1e-3):
-        self.args = (int(top_k), float(iou_lambda), float(candidate_iou), int(em_iterations), float(em_tolerance))
+    def __init__(self, top_k=9, iou_lambda=1.0, candidate_iou=0.1, em_iterations=100, em_tolerance=1e-3, ignore_band=False):
+        self.args = (int(top_k), float(iou_lambda), float(candidate_iou), int(em_iterations), float(em_tolerance),
+                     bool(ignore_band))
 
     def assign(self, anchors, gt_boxes, gt_labels, pred_boxes=None, pred_scores=None, anchors_per_level=None) -> AssignResult:
         if pred_boxes is None or pred_scores is None:

@@ -55,9 +55,10 @@ Result atss_assign(const at::Tensor& anchors, const at::Tensor& gt_boxes, const 
 
 Result paa_assign(const at::Tensor& anchors, const at::Tensor& gt_boxes, const at::Tensor& gt_labels, const at::Tensor& pred_boxes,
                   const at::Tensor& pred_scores, c10::IntArrayRef per_level, std::int64_t top_k, double iou_lambda, double candidate_iou,
-                  std::int64_t em_iterations, double em_tolerance) {
+                  std::int64_t em_iterations, double em_tolerance, bool ignore_band) {
   return checked([&] {
-    const bloodcv::PaaOptions o{top_k, iou_lambda, candidate_iou, iteration_count(em_iterations, "em_iterations"), em_tolerance};
+    const bloodcv::PaaOptions o{top_k, iou_lambda, candidate_iou, iteration_count(em_iterations, "em_iterations"), em_tolerance,
+                                ignore_band};
     return as_tuple(bloodcv::PaaAssigner(o).assign(input(anchors, gt_boxes, gt_labels, pred_boxes, pred_scores, per_level)));
   });
 }
@@ -139,7 +140,8 @@ TORCH_LIBRARY(bloodcv, m) {
   m.def("atss_assign(Tensor anchors, Tensor gt_boxes, Tensor gt_labels, int[] anchors_per_level, int top_k) -> (Tensor, Tensor, Tensor, Tensor)",
         &atss_assign);
   m.def("paa_assign(Tensor anchors, Tensor gt_boxes, Tensor gt_labels, Tensor pred_boxes, Tensor pred_scores, int[] anchors_per_level, "
-        "int top_k, float iou_lambda, float candidate_iou, int em_iterations, float em_tolerance) -> (Tensor, Tensor, Tensor, Tensor)", &paa_assign);
+        "int top_k, float iou_lambda, float candidate_iou, int em_iterations, float em_tolerance, bool ignore_band) "
+        "-> (Tensor, Tensor, Tensor, Tensor)", &paa_assign);
   m.def("ota_assign(Tensor anchors, Tensor gt_boxes, Tensor gt_labels, Tensor pred_boxes, Tensor pred_scores, float epsilon, int iterations, "
         "int top_q, float reg_lambda, bool center_prior, float center_prior_cost) -> (Tensor, Tensor, Tensor, Tensor)", &ota_assign);
   m.def("sinkhorn_log(Tensor cost, Tensor supply, Tensor demand, float epsilon, int iterations) -> Tensor", &sinkhorn_log);

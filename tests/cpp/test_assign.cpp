@@ -57,6 +57,22 @@ TEST_CASE("PAA assigner: EM splits two clusters of scores", "[assign]") {
   CHECK(values(r.gt_index) == std::vector<std::int64_t>{0, 0, 0, kBackground, kBackground, kBackground, kBackground, 0});
 }
 
+TEST_CASE("PAA's ignore band: below the low mean negative, between the means ignored, from the high mean positive", "[assign]") {
+  const at::Tensor gt = boxes({{0, 0, 40, 40}});
+  std::vector<std::array<float, 4>> rows;
+  for (int i = 0; i < 8; ++i) rows.push_back({i * 2.f, 0, 40 + i * 2.f, 40});
+  // Predicted boxes on the box (IoU 1): the scores are the class probabilities. Clusters: high 0.92 0.88 0.95 0.85
+  // (mean 0.9), low 0.13 0.10 0.16 0.11 (mean 0.125).
+  const at::Tensor p = at::tensor(std::vector<float>{0.92f, 0.88f, 0.95f, 0.13f, 0.10f, 0.16f, 0.11f, 0.85f});
+  const AssignInput input{boxes(rows), gt, longs({0}), gt.repeat({8, 1}), at::stack({p, 1 - p}, 1)};
+  PaaOptions band;
+  band.ignore_band = true;
+  CHECK(values(PaaAssigner(band).assign(input).gt_index) ==
+        std::vector<std::int64_t>{0, kIgnore, 0, kIgnore, kBackground, kIgnore, kBackground, kIgnore});
+  CHECK(values(PaaAssigner().assign(input).gt_index) ==
+        std::vector<std::int64_t>{0, 0, 0, kBackground, kBackground, kBackground, kBackground, 0});
+}
+
 TEST_CASE("GMM by EM recovers two separated components", "[assign]") {
   std::vector<double> x;
   for (int i = 0; i < 50; ++i) x.push_back(0.2 + 0.01 * (i % 5));

@@ -277,3 +277,18 @@ def test_every_strategy_takes_the_same_keywords_and_refuses_misspelt_ones():
         assert r.num_gts == 1 and r.gt_index[0] == 0, type(assigner).__name__
         with pytest.raises(TypeError, match="pred_box"):
             assigner.assign(anchors, gt, labels, pred_box=anchors)
+
+
+def test_paa_ignore_band_ignores_scores_between_the_component_means():
+    """The thesis' three-way split, hand-computed: high cluster 0.92 0.88 0.95 0.85 (mean 0.9), low 0.13 0.10 0.16
+    0.11 (mean 0.125); predicted boxes on the box, so the scores are the class probabilities."""
+    gt = torch.tensor([[0.0, 0, 40, 40]])
+    anchors = torch.tensor([[i * 2.0, 0, 40 + i * 2.0, 40] for i in range(8)])
+    p = torch.tensor([0.92, 0.88, 0.95, 0.13, 0.10, 0.16, 0.11, 0.85])
+    scores = torch.stack([p, 1 - p], 1)
+    band = A.PaaAssigner(ignore_band=True).assign(anchors, gt, torch.tensor([0]), pred_boxes=gt.repeat(8, 1), pred_scores=scores)
+    assert band.gt_index.tolist() == [0, A.IGNORE, 0, A.IGNORE, A.BACKGROUND, A.IGNORE, A.BACKGROUND, A.IGNORE]
+    assert band.labels.tolist() == [0, -1, 0, -1, -1, -1, -1, -1]
+    plain = A.PaaAssigner().assign(anchors, gt, torch.tensor([0]), pred_boxes=gt.repeat(8, 1), pred_scores=scores)
+    assert plain.gt_index.tolist() == [0, 0, 0, A.BACKGROUND, A.BACKGROUND, A.BACKGROUND, A.BACKGROUND, 0]
+    assert A.make_assigner("paa", ignore_band=True).args[-1] is True

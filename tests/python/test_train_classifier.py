@@ -1,5 +1,6 @@
 """The classifier training recipe: split, IBN, learning, resume, export (all on tiny synthetic data)."""
 import json
+import zipfile
 from collections import Counter
 
 import numpy as np
@@ -171,6 +172,9 @@ def test_resume_reproduces_the_next_steps(tmp_path):
     quiet = dict(progress=False, log=lambda *_: None)
     full = tc.train(cfg, tmp_path / "full", data, **quiet)
     tc.train(cfg, tmp_path / "cut", data, max_epochs=1, **quiet)  # "dies" after epoch 1
+    # Plain types and tensors only (no pickled numpy arrays): it loads with another numpy or torch version.
+    with zipfile.ZipFile(tmp_path / "cut" / "last.pt") as z:
+        assert b"multiarray" not in z.read(next(n for n in z.namelist() if n.endswith("data.pkl")))
     ck = torch.load(tmp_path / "cut" / "last.pt")
     assert ck["epoch"] == 0 and {"model", "optimizer", "scheduler", "rng"} <= set(ck)
     resumed = tc.train(cfg, tmp_path / "cut", data, resume=True, **quiet)
@@ -232,6 +236,8 @@ def test_end_to_end_run_exports_a_loadable_model(tmp_path, model):
     assert metrics["test"]["n"] == 6 and len(metrics["test"]["confusion_matrix"]["matrix"]) == 3
     rows = (out / "split.csv").read_text().splitlines()
     assert rows[0] == "split,label,file" and len(rows) == 31
+    for image in (out / "curves.png", tmp_path / "m.curves.png", out / "confusion.png", tmp_path / "m.confusion.png"):
+        assert cv2.imread(str(image)) is not None, image
     # --export-only reloads last.pt and writes the same model again.
     model_path.unlink()
     assert dispatcher.main(args + ["--export-only"]) == 0
@@ -254,3 +260,58 @@ def test_training_inputs_match_the_runtime_crop(box):
     assert (got - expected).abs().max() < tol
     shifted = tc.make_batch(images, centre + 0.05, half, cfg)[0]
     assert (shifted - expected).abs().max() > 10 * tol  # the comparison can tell a misplaced crop
+
+
+def test_plain_patch_embedding_has_the_same_token_grid_without_overlap():
+    """The ablation's plain ViT: 8-pixel patches of the input (no stem), as many tokens as the overlapping embedding."""
+    plain = OverlapViT(3, input_size=64, dim=16, depth=2, heads=2, patch_embedding="plain", select_regions=False)
+    overlap = OverlapViT(3, input_size=64, dim=16, depth=2, heads=2)
+    assert plain.tokens == overlap.tokens == 64
+    assert isinstance(plain.stem, torch.nn.Identity)
+    assert plain.patch_embed.kernel_size == plain.patch_embed.stride == (8, 8)
+    x = torch.zeros(1, 3, 64, 64)
+    x[..., 8:16, 8:16] = 1  # one patch changes: only that token's embedding moves
+    tokens = plain.patch_embed(x).flatten(2)[0].T - plain.patch_embed(torch.zeros_like(x)).flatten(2)[0].T
+    assert torch.nonzero(tokens.abs().sum(1) > 1e-6).flatten().tolist() == [9]
+    assert plain(x).shape == (1, 3)
+    with pytest.raises(ValueError, match="overlap or plain"):
+        OverlapViT(3, input_size=64, dim=16, depth=2, heads=2, patch_embedding="shifted")
+
+
+def test_gpu_train_round_trip(tmp_path):
+    """scripts/gpu_train.py as its docstring runs it (here on the CPU): pack the split and the train/val images,
+    train from the pack, then --export-only evaluates on the original test images and exports."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    from bloodcv import train as dispatcher
+    repo = Path(__file__).resolve().parents[2]
+    for k, (folder, colour) in enumerate({"a": (140, 40, 90), "b": (170, 90, 160)}.items()):
+        (tmp_path / "data" / folder).mkdir(parents=True)
+        for i in range(10):
+            img = np.full((64, 64, 3), (200, 215, 235), np.uint8)
+            cv2.circle(img, (32, 32), 10 + 6 * k, colour, -1)
+            cv2.imwrite(str(tmp_path / "data" / folder / f"{i}.png"), img)
+    cfg = {"name": "tiny", "classes": ["a", "b"], "dataset_root": str(tmp_path / "data"), "input_size": 32,
+           "cache_dir": str(tmp_path / "cache"), "batch_size": 4, "epochs": 2,
+           "model": {"name": "overlap_vit", "dim": 16, "depth": 2, "heads": 2, "select_regions": True},
+           "split": {"train": 0.6, "val": 0.2, "test": 0.2}}
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    script = [sys.executable, str(repo / "scripts" / "gpu_train.py")]
+    config = ["--config", str(tmp_path / "cfg.json")]
+    subprocess.run(script + ["pack", *config, "--out", str(tmp_path / "pack")], check=True, capture_output=True)
+    packed = sorted(p.relative_to(tmp_path / "pack" / "images").as_posix() for p in (tmp_path / "pack" / "images").rglob("*.jpg"))
+    rows = [r.split(",") for r in (tmp_path / "pack" / "split.csv").read_text().splitlines()[1:]]
+    assert len(rows) == 20 and packed == sorted(f[:-len(".png")] + ".jpg" for split, _, f in rows if split != "test")
+    subprocess.run(script + ["train", *config, "--pack", str(tmp_path / "pack"), "--out", str(tmp_path / "gpu"),
+                             "--device", "cpu", "--set", "model.select_regions=false"], check=True, capture_output=True)
+    weights = torch.load(tmp_path / "gpu" / "last.pt")
+    assert set(weights) == {"model", "history", "epoch", "elapsed_s"} and len(weights["history"]) == 2
+    (tmp_path / "run").mkdir()
+    (tmp_path / "gpu" / "last.pt").rename(tmp_path / "run" / "last.pt")
+    assert dispatcher.main(["classifier", *config, "--out", str(tmp_path / "run"), "--export-path", str(tmp_path / "m.pt"),
+                            "--export-only", "--no-progress", "--set", "model.select_regions=false"]) == 0
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["epochs"] == 2 and metrics["test"]["n"] == 4
+    module, meta = load_model(tmp_path / "m.pt")
+    assert meta["labels"] == ["a", "b"] and module(torch.zeros(1, 3, 32, 32)).shape == (1, 2)

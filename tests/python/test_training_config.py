@@ -8,7 +8,8 @@ pytest.importorskip("torch")
 
 from bloodcv import train as dispatcher  # noqa: E402
 from bloodcv.training import classifier, detector, retinanet  # noqa: E402
-from bloodcv.training.config import load_config, resolve_path  # noqa: E402
+from bloodcv.training.common import plot_history  # noqa: E402
+from bloodcv.training.config import apply_settings, load_config, resolve_path  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -61,3 +62,32 @@ def test_every_shipped_config_loads(path):
     else:
         cfg = load_config(str(path), detector.DEFAULT_CONFIG)
     assert cfg["export"]["path"].endswith(".pt") and cfg["threads"] == 1
+
+
+def test_set_reaches_into_objects_and_refuses_typos():
+    cfg = {"epochs": 30, "model": {"name": "overlap_vit", "select_regions": True}, "metric_loss": {"kind": "contrastive"}}
+    apply_settings(cfg, ["model.select_regions=false", "metric_loss=null", "epochs=60", 'model.name="resnet_ibn"'])
+    assert cfg == {"epochs": 60, "model": {"name": "resnet_ibn", "select_regions": False}, "metric_loss": None}
+    for setting, message in (("model.selct_regions=false", "unknown key 'model.selct_regions'"),
+                             ("epoch=3", "unknown key 'epoch'"), ("epochs.x=3", "epochs is not an object"),
+                             ("epochs", "write KEY=JSON"), ("model.name=resnet", "not JSON")):
+        with pytest.raises(ValueError, match=message):
+            apply_settings(cfg, [setting])
+    assert cfg["epochs"] == 60  # a refused setting changes nothing
+
+
+def test_the_recipes_take_set_on_the_command_line(tmp_path):
+    with pytest.raises(ValueError, match="unknown key 'model.widht'"):
+        dispatcher.main(["classifier", "--config", str(ROOT / "configs/classifier_bone_marrow.json"), "--out", str(tmp_path),
+                         "--set", "model.widht=3"])
+
+
+def test_training_curves_plot_losses_and_nested_scores(tmp_path):
+    history = [{"epoch": 1, "box": 0.1, "obj": 0.2, "cls": 0.01},
+               {"epoch": 2, "box": 0.08, "obj": 0.15, "cls": 0.01, "val": {"mAP50": 0.9, "AP75": 0.5}}]
+    import cv2
+    path = plot_history(history, tmp_path / "curves.png", "test")
+    image = cv2.imread(str(path))
+    assert image is not None and image.shape[1] > image.shape[0] > 100
+    assert plot_history([{"epoch": 1, "lr": 0.1}], tmp_path / "none.png", "nothing to draw") is None
+    assert not (tmp_path / "none.png").exists()

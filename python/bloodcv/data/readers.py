@@ -9,8 +9,6 @@ from typing import List, Sequence
 
 import numpy as np
 
-from .. import eval as bev
-
 LABELS = ("WBC", "RBC", "Platelets")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 
@@ -54,6 +52,7 @@ def list_yolo_split(images_dir, labels_dir, source: str = "") -> List[Sample]:
     if not images_dir.is_dir() or not labels_dir.is_dir():
         return []
     images = {p.stem: p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
+    from .. import eval as bev  # here, not at the top: single-cell training runs where the C++ extension is not built
     truth = bev.read_yolo(str(labels_dir), str(images_dir), list(LABELS))
     return sorted(_samples(truth, images, source), key=lambda s: s.name)
 
@@ -66,10 +65,12 @@ def list_voc_split(root, ids: Sequence[str], source: str = "") -> List[Sample]:
     for i in ids:
         image, xml = root / "JPEGImages" / f"{i}.jpg", root / "Annotations" / f"{i}.xml"
         if image.exists() and xml.exists():
+            from .. import eval as bev
             out += _samples(bev.read_voc(str(xml), list(LABELS)), {i: image}, source)
     return out
 
 
 def read_ids(path) -> List[str]:
     """Image ids of a VOC ImageSets file; [] when there is no such file."""
+    from .. import eval as bev
     return bev.read_image_ids(str(path)) if Path(path).exists() else []

@@ -198,28 +198,36 @@ class RegionSelection(nn.Module):
 class OverlapViT(nn.Module):
     """Vision Transformer with overlapping patches and discriminative-region selection.
 
-    Stem: conv3x3 stride 2 (BN, ReLU), then the overlapping patch embedding conv (kernel `patch_kernel` >
-    stride `patch_stride`), a learned position embedding and a class token. The first depth - 1 encoder
-    layers see every token; with select_regions, the last layer sees only the class token and the
-    `heads` tokens RegionSelection picks from all earlier layers' attention (one per head), so the
-    class token's final update attends to the most discriminative parts of the cell only. Without
-    select_regions it is a plain ViT (the ablation).
+    Patch embedding "overlap": a conv3x3 stride-2 stem (BN, ReLU), then a conv of kernel `patch_kernel` >
+    stride `patch_stride`, so that neighbouring tokens share pixels; "plain" (the ViT's, for the ablation):
+    non-overlapping 2·patch_stride-pixel patches of the input, the same token grid. Then a learned position
+    embedding and a class token. The first depth - 1 encoder layers see every token; with select_regions,
+    the last layer sees only the class token and the `heads` tokens RegionSelection picks from all earlier
+    layers' attention (one per head), so the class token's final update attends to the most discriminative
+    parts of the cell only; without, every token.
     """
 
     def __init__(self, num_classes: int, input_size: int = 96, dim: int = 128, depth: int = 6, heads: int = 4,
                  mlp_ratio: float = 2.0, patch_kernel: int = 7, patch_stride: int = 4, dropout: float = 0.1,
-                 select_regions: bool = True):
+                 select_regions: bool = True, patch_embedding: str = "overlap"):
         super().__init__()
         if depth < 2:
             raise ValueError("OverlapViT needs depth >= 2 (region selection feeds the last layer)")
-        if patch_kernel <= patch_stride:
-            raise ValueError(f"overlapping patches need patch_kernel > patch_stride, got {patch_kernel} <= {patch_stride}")
-        stem_width = dim // 4
-        self.stem = nn.Sequential(nn.Conv2d(3, stem_width, 3, stride=2, padding=1, bias=False),
-                                  nn.BatchNorm2d(stem_width), nn.ReLU(inplace=True))
-        self.patch_embed = nn.Conv2d(stem_width, dim, patch_kernel, stride=patch_stride, padding=patch_kernel // 2)
-        side = (input_size + 1) // 2                                             # after the stem
-        side = (side + 2 * (patch_kernel // 2) - patch_kernel) // patch_stride + 1
+        if patch_embedding == "overlap":
+            if patch_kernel <= patch_stride:
+                raise ValueError(f"overlapping patches need patch_kernel > patch_stride, got {patch_kernel} <= {patch_stride}")
+            stem_width = dim // 4
+            self.stem = nn.Sequential(nn.Conv2d(3, stem_width, 3, stride=2, padding=1, bias=False),
+                                      nn.BatchNorm2d(stem_width), nn.ReLU(inplace=True))
+            self.patch_embed = nn.Conv2d(stem_width, dim, patch_kernel, stride=patch_stride, padding=patch_kernel // 2)
+            side = (input_size + 1) // 2                                             # after the stem
+            side = (side + 2 * (patch_kernel // 2) - patch_kernel) // patch_stride + 1
+        elif patch_embedding == "plain":
+            self.stem = nn.Identity()
+            self.patch_embed = nn.Conv2d(3, dim, 2 * patch_stride, stride=2 * patch_stride)
+            side = input_size // (2 * patch_stride)
+        else:
+            raise ValueError(f"patch_embedding must be overlap or plain, got {patch_embedding!r}")
         if side < 1:
             raise ValueError(f"input_size {input_size} is too small for the patch embedding")
         self.tokens = side * side

@@ -55,9 +55,8 @@ from ..data.cells import (CellSample, bccd_samples, coco_samples, detector_sampl
                           stratified_split)
 from ..models import build_classifier
 from ..models.metric_loss import metric_loss
-from .common import Log, progress as progress_bar, rng_state, save_checkpoint, seed_everything, set_rng_state
-from .config import add_common_arguments, common_overrides, load_config as load_any_config, resolve_path
-from .evaluation import classification_metrics
+from .common import Log, plot_history, progress as progress_bar, rng_state, save_checkpoint, seed_everything, set_rng_state
+from .config import add_common_arguments, apply_settings, common_overrides, load_config as load_any_config, resolve_path
 
 HELP = "train a single-cell classifier (PBC white-cell types) and export it"
 
@@ -104,6 +103,7 @@ DEFAULTS = {
     "class_weights": None,                # "balanced": cross-entropy weighted by inverse class frequency
     "eval_paddings": [0.1, 0.35],         # the test split also at these crop paddings
     "threads": 1,
+    "device": "cpu",                      # or "cuda": the training loop's device (evaluation and export stay on the CPU)
     "max_steps_per_epoch": None,          # smoke runs
     "augment": {
         "padding": [0.05, 0.45],          # crop padding per side drawn in this range (runtime: crop_padding)
@@ -351,8 +351,10 @@ def make_batch(images: torch.Tensor, centre: torch.Tensor, half: torch.Tensor, c
     """Normalised float [B, 3, s, s] model inputs from uint8 images [B, 3, H, W]: the box (centre and
     half-size in [-1, 1] image coordinates, normalised_boxes; clipped to the image) plus padding per side (crop_padding without
     augmentation, a random one with), stretched to s² by one bilinear resampling, as the runtime's
-    crop-and-resize (outside the image: pad_value)."""
+    crop-and-resize (outside the image: pad_value). The random draws come from g on the CPU whatever the
+    images' device (the noise field from a generator on that device seeded from g)."""
     n = images.shape[0]
+    dev = images.device
     s = cfg["input_size"]
     a = cfg["augment"]
     # The box clipped to the image first, as the runtime clips a detection before adding its context.
@@ -379,7 +381,7 @@ def make_batch(images: torch.Tensor, centre: torch.Tensor, half: torch.Tensor, c
     # input = diag(sx, sy) · R(ang) · diag(flip, 1) · output + t: an axis-aligned crop whose content turns.
     cos, sin = torch.cos(ang), torch.sin(ang)
     theta = torch.stack([torch.stack([sx * cos * flip, -sx * sin, centre[:, 0] + tx], 1),
-                         torch.stack([sy * sin * flip, sy * cos, centre[:, 1] + ty], 1)], 1)
+                         torch.stack([sy * sin * flip, sy * cos, centre[:, 1] + ty], 1)], 1).to(dev)
     grid = F.affine_grid(theta, [n, 3, s, s], align_corners=False)
     pad_value = float(cfg["input"]["pad_value"])
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + pad_value
@@ -388,8 +390,8 @@ def make_batch(images: torch.Tensor, centre: torch.Tensor, half: torch.Tensor, c
         x = _stain_and_optics(x, a, g)
         x = _color_jitter(x, a, g)
         if a["grayscale_p"] > 0:
-            on = (torch.rand(n, generator=g) < a["grayscale_p"]).view(n, 1, 1, 1)
-            gray = (x * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True).expand_as(x)
+            on = (torch.rand(n, generator=g) < a["grayscale_p"]).view(n, 1, 1, 1).to(dev)
+            gray = (x * torch.tensor([0.299, 0.587, 0.114], device=dev).view(1, 3, 1, 1)).sum(1, keepdim=True).expand_as(x)
             x = torch.where(on, gray, x)
         x = _blur(x, a, g)
         x = _downscale(x, a, g)
@@ -397,11 +399,13 @@ def make_batch(images: torch.Tensor, centre: torch.Tensor, half: torch.Tensor, c
         if a["noise_p"] > 0:
             on = (torch.rand(n, generator=g) < a["noise_p"]).float()
             sigma = on * _uniform(g, n, 0, a["noise_sigma"])
-            x = x + sigma.view(n, 1, 1, 1) * torch.randn(x.shape, generator=g)
+            # The noise field is drawn where the images are, from a seed drawn from g (millions of numbers).
+            field = torch.Generator(device=dev).manual_seed(int(torch.randint(0, 2 ** 62, (1,), generator=g)))
+            x = x + sigma.view(n, 1, 1, 1).to(dev) * torch.randn(x.shape, generator=field, device=dev)
         x = x.clamp(0, 1)
     inp = cfg["input"]
-    mean = torch.tensor(inp["mean"]).view(1, 3, 1, 1)
-    std = torch.tensor(inp["std"]).view(1, 3, 1, 1)
+    mean = torch.tensor(inp["mean"], device=dev).view(1, 3, 1, 1)
+    std = torch.tensor(inp["std"], device=dev).view(1, 3, 1, 1)
     if inp["color"] == "bgr":
         x = x.flip(1)
     return (x * (255.0 * inp["scale"]) - mean) / std
@@ -414,20 +418,22 @@ _STAINS = torch.nn.functional.normalize(torch.tensor([[0.65, 0.70, 0.29], [0.07,
 def _stain_and_optics(x, a, g):
     """Another laboratory's stain batch (H&E amounts scaled and shifted in optical density), white balance
     and gamma; each only when its amount is above 0."""
-    n = x.shape[0]
+    n, dev = x.shape[0], x.device
     if a["stain_scale"] > 0 or a["stain_shift"] > 0:
+        stains = _STAINS.to(dev)
         od = -torch.log(x.clamp(min=1 / 255))
-        amounts = torch.einsum("nchw,ck->nkhw", od, torch.linalg.inv(_STAINS))
+        amounts = torch.einsum("nchw,ck->nkhw", od, torch.linalg.inv(stains))
         scale = torch.ones(n, 3)
         shift = torch.zeros(n, 3)
         scale[:, :2] = _uniform(g, 2 * n, 1 - a["stain_scale"], 1 + a["stain_scale"]).view(n, 2)
         shift[:, :2] = _uniform(g, 2 * n, -a["stain_shift"], a["stain_shift"]).view(n, 2)
-        amounts = amounts * scale.view(n, 3, 1, 1) + shift.view(n, 3, 1, 1) * (amounts[:, :2].sum(1, keepdim=True) > 0.05)
-        x = torch.exp(-torch.einsum("nkhw,kc->nchw", amounts, _STAINS)).clamp(0, 1)
+        amounts = (amounts * scale.view(n, 3, 1, 1).to(dev)
+                   + shift.view(n, 3, 1, 1).to(dev) * (amounts[:, :2].sum(1, keepdim=True) > 0.05))
+        x = torch.exp(-torch.einsum("nkhw,kc->nchw", amounts, stains)).clamp(0, 1)
     if a["white_balance"] > 0:
-        x = (x * _uniform(g, 3 * n, 1 - a["white_balance"], 1 + a["white_balance"]).view(n, 3, 1, 1)).clamp(0, 1)
+        x = (x * _uniform(g, 3 * n, 1 - a["white_balance"], 1 + a["white_balance"]).view(n, 3, 1, 1).to(dev)).clamp(0, 1)
     if a["gamma"] > 0:
-        x = x.clamp(min=1e-4) ** torch.exp(_uniform(g, n, -a["gamma"], a["gamma"])).view(n, 1, 1, 1)
+        x = x.clamp(min=1e-4) ** torch.exp(_uniform(g, n, -a["gamma"], a["gamma"])).view(n, 1, 1, 1).to(dev)
     return x
 
 
@@ -456,10 +462,10 @@ def _jpeg(x, a, g):
     quality = torch.randint(a["jpeg_quality"][0], a["jpeg_quality"][1] + 1, (n,), generator=g)
     out = x.clone()
     for i in torch.nonzero(on).flatten().tolist():
-        rgb = (x[i].permute(1, 2, 0).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+        rgb = (x[i].permute(1, 2, 0).clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
         ok, data = cv2.imencode(".jpg", np.ascontiguousarray(rgb[:, :, ::-1]), [cv2.IMWRITE_JPEG_QUALITY, int(quality[i])])
         decoded = cv2.imdecode(data, cv2.IMREAD_COLOR)[:, :, ::-1]
-        out[i] = torch.from_numpy(np.ascontiguousarray(decoded)).permute(2, 0, 1).float() / 255
+        out[i] = torch.from_numpy(np.ascontiguousarray(decoded)).permute(2, 0, 1).to(x.device).float() / 255
     return out
 
 
@@ -467,20 +473,20 @@ _TO_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, 
 
 
 def _color_jitter(x, a, g):
-    n = x.shape[0]
-    b = _uniform(g, n, 1 - a["brightness"], 1 + a["brightness"]).view(n, 1, 1, 1)
-    c = _uniform(g, n, 1 - a["contrast"], 1 + a["contrast"]).view(n, 1, 1, 1)
+    n, dev = x.shape[0], x.device
+    b = _uniform(g, n, 1 - a["brightness"], 1 + a["brightness"]).view(n, 1, 1, 1).to(dev)
+    c = _uniform(g, n, 1 - a["contrast"], 1 + a["contrast"]).view(n, 1, 1, 1).to(dev)
     sat = _uniform(g, n, 1 - a["saturation"], 1 + a["saturation"])
     hue = _uniform(g, n, -a["hue"], a["hue"]) * 2 * math.pi
     x = x * b
-    gray = (x * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    gray = (x * torch.tensor([0.299, 0.587, 0.114], device=dev).view(1, 3, 1, 1)).sum(1, keepdim=True)
     x = (x - gray.mean((2, 3), keepdim=True)) * c + gray.mean((2, 3), keepdim=True)
     # Hue turn and saturation scale in YIQ: Y kept, the (I, Q) chroma vector rotated and scaled.
     cos, sin = torch.cos(hue) * sat, torch.sin(hue) * sat
     one, zero = torch.ones(n), torch.zeros(n)
     rot = torch.stack([torch.stack([one, zero, zero], 1), torch.stack([zero, cos, -sin], 1),
                        torch.stack([zero, sin, cos], 1)], 1)
-    m = torch.linalg.inv(_TO_YIQ) @ rot @ _TO_YIQ  # [n, 3, 3]
+    m = (torch.linalg.inv(_TO_YIQ) @ rot @ _TO_YIQ).to(dev)  # [n, 3, 3]
     return torch.einsum("nij,njhw->nihw", m, x).clamp(0, 1)
 
 
@@ -497,7 +503,7 @@ def _blur(x, a, g):
     k = torch.exp(-(t.view(1, -1) ** 2) / (2 * sigma.view(-1, 1) ** 2))
     k = k / k.sum(1, keepdim=True)
     k = torch.where(on.view(-1, 1), k, (t == 0).float().expand(n, -1))  # identity kernel when off
-    k = k.repeat_interleave(c, 0)  # [n·c, 5]
+    k = k.repeat_interleave(c, 0).to(x.device)  # [n·c, 5]
     y = F.pad(x.reshape(1, n * c, h, w), (r, r, r, r), mode="reflect")
     y = F.conv2d(y, k.view(n * c, 1, 1, -1), groups=n * c)
     y = F.conv2d(y, k.view(n * c, 1, -1, 1), groups=n * c)
@@ -539,7 +545,8 @@ def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
 def predict(model, images, centre, half, cfg, batch_size=64) -> torch.Tensor:
     """Logits of the cached images framed as the runtime frames them (no augmentation)."""
     model.eval()
-    out = [model(make_batch(images[i:i + batch_size], centre[i:i + batch_size], half[i:i + batch_size], cfg))
+    dev = next(model.parameters()).device
+    out = [model(make_batch(images[i:i + batch_size].to(dev), centre[i:i + batch_size], half[i:i + batch_size], cfg)).cpu()
            for i in range(0, len(images), batch_size)]
     return torch.cat(out) if out else torch.empty(0, 0)
 
@@ -562,7 +569,8 @@ def train(cfg: dict, out_dir, data: dict, resume: bool = False, max_epochs: int 
           max_steps_per_epoch: int | None = None, progress: bool = True, log=print) -> dict:
     """Trains on data = {"images", "centre", "half", "labels" (long), "train", "val" (index lists)}; writes
     out_dir/last.pt after every epoch and returns {"model", "history", "epoch"}. With resume, continues
-    from out_dir/last.pt. max_epochs stops early (the schedule still spans cfg["epochs"])."""
+    from out_dir/last.pt. max_epochs stops early (the schedule still spans cfg["epochs"]). On cfg["device"]
+    the model and the cached images live there (the returned model is back on the CPU)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = out_dir / "last.pt"
@@ -574,8 +582,10 @@ def train(cfg: dict, out_dir, data: dict, resume: bool = False, max_epochs: int 
     if max_steps_per_epoch:
         steps = min(steps, max_steps_per_epoch)
 
+    device = torch.device(cfg["device"])
+    images = data["images"].to(device)
     seed_everything(cfg["seed"])
-    model = build_classifier(cfg["model"], num_classes, cfg["input_size"])
+    model = build_classifier(cfg["model"], num_classes, cfg["input_size"]).to(device)
     if cfg["metric_loss"] and not hasattr(model, "logits_and_embedding"):
         raise ValueError(f"metric_loss needs a model with an embedding (resnet_ibn, overlap_vit), not {cfg['model']['name']!r}")
     opt, sched = make_optimizer(model, cfg, steps)
@@ -583,7 +593,7 @@ def train(cfg: dict, out_dir, data: dict, resume: bool = False, max_epochs: int 
     if resume:
         if not ckpt_path.exists():
             raise FileNotFoundError(f"--resume: no checkpoint {ckpt_path}")
-        ck = torch.load(ckpt_path)
+        ck = torch.load(ckpt_path, map_location=device)
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
@@ -593,7 +603,7 @@ def train(cfg: dict, out_dir, data: dict, resume: bool = False, max_epochs: int 
     weights = None
     if cfg["class_weights"] == "balanced":
         counts = torch.bincount(labels_t[train_idx], minlength=num_classes).float()
-        weights = counts.sum() / (num_classes * counts.clamp(min=1))
+        weights = (counts.sum() / (num_classes * counts.clamp(min=1))).to(device)
     end_epoch = cfg["epochs"] if max_epochs is None else min(cfg["epochs"], max_epochs)
     for epoch in range(start_epoch, end_epoch):
         t0 = time.time()
@@ -604,8 +614,8 @@ def train(cfg: dict, out_dir, data: dict, resume: bool = False, max_epochs: int 
         bar = progress_bar(range(steps), f"epoch {epoch + 1}/{cfg['epochs']}", progress, total=steps)
         for step in bar:
             idx = order[step * bs:(step + 1) * bs]
-            x = make_batch(data["images"][idx], data["centre"][idx], data["half"][idx], cfg, g, augment=True)
-            y = labels_t[idx]
+            x = make_batch(images[idx.to(device)], data["centre"][idx], data["half"][idx], cfg, g, augment=True)
+            y = labels_t[idx].to(device)
             if cfg["metric_loss"]:
                 logits, embedding = model.logits_and_embedding(x)
                 metric = metric_loss(cfg["metric_loss"], embedding, y)
@@ -628,7 +638,7 @@ def train(cfg: dict, out_dir, data: dict, resume: bool = False, max_epochs: int 
             record["train_metric_loss"] = float(np.mean(metric_losses))
         if data.get("val"):
             vi = torch.tensor(data["val"], dtype=torch.long)
-            logits = predict(model, data["images"][vi], data["centre"][vi], data["half"][vi], cfg)
+            logits = predict(model, images[vi.to(device)], data["centre"][vi], data["half"][vi], cfg)
             record["val_loss"] = F.cross_entropy(logits, labels_t[vi]).item()
             record["val_acc"] = (logits.argmax(1) == labels_t[vi]).float().mean().item()
         elapsed += time.time() - t0
@@ -639,7 +649,7 @@ def train(cfg: dict, out_dir, data: dict, resume: bool = False, max_epochs: int 
         log(f"epoch {epoch + 1}/{cfg['epochs']}: loss {record['train_loss']:.4f} train acc {record['train_acc']:.4f}"
             + (f" val loss {record['val_loss']:.4f} val acc {record['val_acc']:.4f}" if "val_acc" in record else "")
             + f" lr {record['lr']:.2e} ({time.time() - t0:.0f} s, {elapsed / 60:.1f} min in all)")
-    return {"model": model, "history": history, "epoch": len(history)}
+    return {"model": model.cpu(), "history": history, "epoch": len(history)}
 
 
 # --- evaluation on the held-out split, through the runtime's path ------------------------------------------
@@ -665,6 +675,7 @@ def evaluate_runtime_path(model, root, files, boxes, targets, labels, cfg, paddi
                           progress=True) -> dict:
     """Metrics of the model on the original image files, cropped as the C++ runtime crops (runtime_logits)."""
     logits = runtime_logits(model, root, files, boxes, cfg, padding, batch_size, progress)
+    from .evaluation import classification_metrics
     return classification_metrics(logits.argmax(1).tolist(), torch.as_tensor(targets).tolist(), labels)
 
 
@@ -742,10 +753,11 @@ def _metrics_summary(m: dict) -> dict:
 
 
 def run(args) -> int:
+    from .evaluation import classification_metrics  # the C++ extension: the training loop above runs without it
     overrides = common_overrides(args)
     if args.exclude_source:
         overrides["exclude_sources"] = args.exclude_source
-    cfg = load_config(args.config, overrides)
+    cfg = apply_settings(load_config(args.config, overrides), args.settings)
     out_dir = Path(args.out) if args.out else resolve_path(cfg["out"], cfg)
     export_path = Path(args.export_path) if args.export_path else resolve_path(cfg["export"]["path"], cfg)
     torch.set_num_threads(int(cfg["threads"]))
@@ -788,7 +800,7 @@ def run(args) -> int:
         ck_path = out_dir / "last.pt"
         if not ck_path.exists():
             raise FileNotFoundError(f"--export-only: no checkpoint {ck_path}")
-        ck = torch.load(ck_path)
+        ck = torch.load(ck_path, map_location="cpu")
         model = build_classifier(cfg["model"], len(labels), cfg["input_size"])
         model.load_state_dict(ck["model"])
         history = ck["history"]
@@ -837,6 +849,8 @@ def run(args) -> int:
                                                        cfg, log)
         log(f"test ({time.time() - t1:.0f} s): accuracy {test['accuracy']:.4f}, balanced {test['balanced_accuracy']:.4f}; "
             + ", ".join(f"{k} {v:.3f}" for k, v in test["recall"].items() if v is not None))
+        write_confusion_images(logits.argmax(1).tolist(), targets[test_idx].tolist(), labels,
+                               [out_dir / "confusion.png", export_path.with_name(export_path.stem + ".confusion.png")])
         log("test confusion matrix (rows true, columns predicted):\n" + "\n".join(
             f"  {lab:>12s} " + " ".join(f"{v:4d}" for v in row)
             for lab, row in zip(labels, test["confusion_matrix"]["matrix"])))
@@ -866,7 +880,19 @@ def run(args) -> int:
         extra["stain"] = {"default": cfg.get("stain_default", "none"), **stain_targets(data["images"], cache["boxes"], data["train"], cfg)}
     export(model, cfg, labels, export_path, training, extra)
     log(f"exported {export_path} ({export_path.stat().st_size / 1e6:.2f} MB)")
+    for curves in (out_dir / "curves.png", export_path.with_name(export_path.stem + ".curves.png")):
+        if plot_history(history, curves, f"{cfg['name']}: training curves"):
+            log(f"training curves: {curves}")
     return 0
+
+
+def write_confusion_images(predicted, truth, labels, paths) -> None:
+    """The test split's confusion matrix as bloodcv.eval draws it (the image a model card shows), at each path."""
+    import cv2
+    from .. import eval as bev
+    image = bev.evaluate_classification(truth, predicted, labels).confusion_image()
+    for path in paths:
+        cv2.imwrite(str(path), image)
 
 
 def source_metrics(samples, test_idx, logits, targets, labels, temperature, out_dir, cfg, log) -> dict:

@@ -6,7 +6,7 @@ import random
 import sys
 import time
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 import torch
@@ -19,12 +19,17 @@ def seed_everything(seed: int) -> None:
 
 
 def rng_state() -> Dict:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """The generators' states in plain types and tensors, so that a checkpoint written with one numpy or
+    torch version (a GPU machine's) loads with another (torch.load(weights_only=True) too)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"python": random.getstate(), "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+            "torch": torch.get_rng_state()}
 
 
 def set_rng_state(state: Dict) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
 
 
@@ -57,3 +62,50 @@ def progress(iterable, desc: str, enabled: bool = True, total: Optional[int] = N
     from tqdm import tqdm
     tty = sys.stderr.isatty()
     return tqdm(iterable, desc=desc, total=total, mininterval=0.5 if tty else 30.0, dynamic_ncols=tty, leave=tty, file=sys.stderr)
+
+
+# What the curves plot draws from an epoch record: losses on the left, scores on the right ("val" may be a
+# nested record, as the detector recipe's validation).
+_LOSS_KEYS = ("train_loss", "val_loss", "train_metric_loss", "box", "obj", "cls")
+_SCORE_KEYS = ("train_acc", "val_acc", "val.mAP50", "val.AP75", "val.AP")
+
+
+def _curve(history: Sequence[Dict], key: str):
+    epochs, values = [], []
+    for record in history:
+        value = record
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if isinstance(value, (int, float)):
+            epochs.append(record["epoch"])
+            values.append(value)
+    return epochs, values
+
+
+def plot_history(history: Sequence[Dict], path, title: str) -> Optional[Path]:
+    """Loss and metric against epoch as a PNG at path (the training curves a model card shows); None when the
+    history has nothing to draw."""
+    curves = {key: _curve(history, key) for key in _LOSS_KEYS + _SCORE_KEYS}
+    curves = {key: c for key, c in curves.items() if c[0]}
+    if not curves:
+        return None
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, (losses, scores) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for axis, keys, label in ((losses, _LOSS_KEYS, "loss"), (scores, _SCORE_KEYS, "score")):
+        for key in keys:
+            if key in curves:
+                epochs, values = curves[key]
+                axis.plot(epochs, values, marker="." if len(epochs) < 15 else None, label=key)
+        axis.set_xlabel("epoch")
+        axis.set_ylabel(label)
+        axis.grid(alpha=0.3)
+        if axis.lines:
+            axis.legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

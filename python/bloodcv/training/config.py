@@ -88,6 +88,32 @@ def add_common_arguments(p, config_default: Optional[str], out_help: str) -> Non
     p.add_argument("--max-steps-per-epoch", type=int, default=None, help="smoke runs: cap the steps of an epoch")
     p.add_argument("--dataset-root", default=None, help="override the config's dataset_root")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=JSON", dest="settings",
+                   help='set one config value after loading, e.g. model.select_regions=false or metric_loss=null '
+                        '(dotted keys reach into objects; repeatable; ablations)')
+
+
+def apply_settings(cfg: Dict, settings: Iterable[str]) -> Dict:
+    """cfg with each "KEY=JSON" of settings set in place: a dotted KEY reaches into nested objects, and every
+    part of it must already exist (a typo is an error naming it, as in load_config)."""
+    for setting in settings:
+        key, sep, text = setting.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set {setting!r}: write KEY=JSON, e.g. model.dropout=0.2")
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"--set {setting!r}: the value is not JSON ({e}); strings need quotes: key='\"text\"'") from e
+        *parents, last = key.split(".")
+        node = cfg
+        for depth, part in enumerate(parents):
+            node = node.get(part) if isinstance(node, dict) else None
+            if not isinstance(node, dict):
+                raise ValueError(f"--set {setting!r}: {'.'.join(parents[:depth + 1])} is not an object of the config")
+        if last not in node:
+            raise ValueError(f"--set {setting!r}: unknown key {key!r}")
+        node[last] = value
+    return cfg
 
 
 def common_overrides(args) -> Dict:

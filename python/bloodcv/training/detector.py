@@ -34,8 +34,8 @@ from ..data.splits import make_detection_splits
 from ..export import export_model
 from ..models import YoloDetector, count_parameters
 from ..models.loss import YoloLoss
-from .common import Log, rng_state, save_checkpoint, seed_everything, set_rng_state
-from .config import add_common_arguments, common_overrides, load_config, resolve_path
+from .common import Log, plot_history, rng_state, save_checkpoint, seed_everything, set_rng_state
+from .config import add_common_arguments, apply_settings, common_overrides, load_config, resolve_path
 from .evaluation import evaluate_detector
 
 
@@ -379,6 +379,7 @@ class DetectorTrainer:
             "history": self.history,
         }
         (self.out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+        plot_history(self.history, self.out / "curves.png", f"{cfg['name']}: training curves")
         return metrics
 
     # ---------------------------------------------------------------- export
@@ -391,6 +392,8 @@ class DetectorTrainer:
         export_model(model, path, meta, example, method="trace", atol=1e-4)
         if not quiet:
             self.log(f"exported {path} ({path.stat().st_size / 1e6:.2f} MB)")
+            if plot_history(self.history, path.with_name(path.stem + ".curves.png"), f"{self.cfg['name']}: training curves"):
+                self.log(f"training curves: {path.with_name(path.stem + '.curves.png')}")
         return path
 
     def exported(self):
@@ -444,7 +447,7 @@ def add_arguments(d: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     over = {**common_overrides(args), **{key: getattr(args, key) for key in ("max_train_images", "max_eval_images")
                                          if getattr(args, key) is not None}}
-    cfg = load_config(args.config, DEFAULT_CONFIG, over)
+    cfg = apply_settings(load_config(args.config, DEFAULT_CONFIG, over), args.settings)
     if args.anchors:
         torch.set_num_threads(int(cfg["threads"]))
         splits = make_detection_splits(resolve_path(cfg["dataset_root"], cfg), seed=cfg["seed"],

@@ -24,7 +24,7 @@ from ..assign import IGNORE, make_assigner
 from ..data.readers import LABELS
 from ..models import count_parameters
 from ..models.retinanet import DEFAULT_ANCHORS, RetinaNetPan, anchor_metadata, decode_deltas, generate_anchors
-from .config import add_common_arguments, common_overrides, load_config, resolve_path
+from .config import add_common_arguments, apply_settings, common_overrides, load_config, resolve_path
 from .detector import DEFAULT_CONFIG, DetectorTrainer
 
 HELP = "train the RetinaNet-PAN-IoU detector with a chosen label assigner (and its ablation)"
@@ -131,7 +131,7 @@ def run(args) -> int:
         over["pan"] = False
     if args.no_iou:
         over["iou_branch"] = False
-    cfg = load_config(args.config, RETINANET_DEFAULTS, over)
+    cfg = apply_settings(load_config(args.config, RETINANET_DEFAULTS, over), args.settings)
     if args.out:
         out = Path(args.out)
     elif cfg["out"]:
