@@ -12,6 +12,9 @@
 - with --wbc: the white-cell classifier's tables from scripts/wbc_sources.sh's runs (runs/wbc/<variant>/metrics.json):
   per source, and each source held out → models/wbc_classifier.sources.md / .json and confusion images; and
   the chain above.
+- with --sources: the detector on TXL-PBC's validation split, one row per source (told apart by image size:
+  575×575, PBC 360×363, 416×416, BCCD-like 640×480), AP50 and AP75 per class and the boxes' median sizes
+  → models/cell_detector.sources.md / .json.
 - with --retinanet: models/retinanet_pan_iou.pt (→ retinanet_pan_iou.eval.md / .eval.json) and the
   ablation variants that scripts/retinanet_ablation.sh trained (runs/retinanet/<variant>/model.pt) on the
   same split → models/retinanet_pan_iou.ablation.md / .json: AP50, AP75, AP90 and AP50:95 per variant.
@@ -250,6 +253,44 @@ def latency(models: Path, bccd: Path, out: Path) -> list:
     return rows
 
 
+# TXL-PBC's sources, told apart by image size (datasets/README.md: a union of BCCD, BCDD, PBC and Raabin-WBC).
+TXL_SOURCES = {(575, 575): "575×575", (360, 363): "PBC 360×363", (366, 369): "PBC 366×369", (416, 416): "416×416",
+               (640, 480): "BCCD-like 640×480"}
+
+
+def detector_by_source(model: Path, datasets: Path, out: Path) -> list:
+    """AP50 / AP75 per class of the detector on TXL-PBC val, per source, through the runtime as `bloodcv eval`."""
+    from bloodcv.data.readers import LABELS, list_yolo_split
+    from bloodcv.training.evaluation import evaluate_detector as evaluate_samples
+    root = datasets / "txl-pbc" / "TXL_PBC"
+    samples = list_yolo_split(root / "images" / "val", root / "labels" / "val")
+    groups: dict = {}
+    for s in samples:
+        groups.setdefault(TXL_SOURCES.get((s.width, s.height), f"{s.width}×{s.height}"), []).append(s)
+    rows = []
+    for source, group in sorted(groups.items(), key=lambda kv: -len(kv[1])):
+        result = evaluate_samples(model, group, LABELS, 0.001)
+        classes = {c["label"]: {"ap50": round(c["ap50"], 3), "ap75": round(c["ap75"], 3), "boxes": c["ground_truth"]}
+                   for c in result["report"]["classes"]}
+        sizes = {lab: float(np.median([max(b[2] - b[0], b[3] - b[1]) for s in group for b, c in zip(s.boxes, s.classes)
+                                       if LABELS[c] == lab] or [0])) for lab in LABELS}
+        rows.append({"source": source, "images": len(group), "mAP50": result["mAP50"], "AP75": result["AP75"],
+                     "classes": classes, "median_box_side_px": sizes})
+    (out / "cell_detector.sources.json").write_text(json.dumps({"model": model.name, "rows": rows}, indent=1) + "\n")
+    md = ("`cell_detector.pt` on TXL-PBC's validation split by source (image size), `bloodcv eval`'s COCO AP at score "
+          "threshold 0.001 through the runtime (`.venv/bin/python scripts/evaluate_models.py --sources`):\n\n"
+          "| source | images | AP50 WBC / RBC / Platelets | AP75 WBC / RBC / Platelets | mean AP75 | boxes WBC / RBC / Platelets | "
+          "median box side, px (WBC / RBC / Platelets) |\n|---|---:|---|---|---:|---|---|\n")
+    for r in rows:
+        c = r["classes"]
+        md += (f"| {r['source']} | {r['images']} | " + " / ".join(f"{c[lab]['ap50']:.3f}" for lab in LABELS)
+               + " | " + " / ".join(f"{c[lab]['ap75']:.3f}" for lab in LABELS) + f" | {r['AP75']:.3f} | "
+               + " / ".join(str(c[lab]["boxes"]) for lab in LABELS) + " | "
+               + " / ".join(f"{r['median_box_side_px'][lab]:.0f}" for lab in LABELS) + " |\n")
+    (out / "cell_detector.sources.md").write_text(md)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--datasets", type=Path, default=ROOT.parent / "shared" / "datasets")
@@ -258,6 +299,7 @@ def main() -> None:
     parser.add_argument("--classifier", type=Path, default=ROOT / "models" / "wbc_classifier.pt")
     parser.add_argument("--retinanet", action="store_true", help="only the RetinaNet-PAN-IoU model and its ablation")
     parser.add_argument("--latency", action="store_true", help="only the CPU latency of every model in models/")
+    parser.add_argument("--sources", action="store_true", help="only the detector per source of TXL-PBC val")
     parser.add_argument("--wbc", action="store_true",
                         help="only the white-cell classifier's per-source and leave-one-source-out tables (runs/wbc) and the chain")
     args = parser.parse_args()
@@ -268,6 +310,10 @@ def main() -> None:
         return
     if args.latency:
         print(latency(ROOT / "models", bccd, args.out))
+        return
+    if args.sources:
+        for row in detector_by_source(args.detector, args.datasets, args.out):
+            print(row)
         return
     if args.wbc:
         print(wbc_sources_table(ROOT / "runs" / "wbc", args.out)["rows"])
