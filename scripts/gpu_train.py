@@ -12,10 +12,10 @@ limited upload. So the work is split in three, the middle one there:
 `pack` writes the recipe's split (the same rule, seed and file list as a run here) and the train and
 validation images, re-encoded at --quality to fit the upload; the test images stay here, where
 --export-only evaluates the model on the originals through the runtime's crop path. `train` runs the
-recipe's own loop (bloodcv.training.classifier.train) on cfg device "cuda" and leaves RUN/last.pt holding
-the weights and the per-epoch history only, CPU tensors and plain types, so that it loads with the older
-torch and numpy here; it does so after every epoch, so a run stopped by a time limit still leaves its last
-complete epoch (with the schedule unfinished: the history says how far it got).
+recipe's own loop (bloodcv.training.classifier.train) on cfg device "cuda" and, when it ends, leaves
+RUN/last.pt holding the CPU weights and the per-epoch history only (a fraction of the size, for the trip
+back). A run stopped before the end keeps the recipe's whole checkpoint of its last epoch, which
+`train --resume` continues and which loads here as well (its RNG states are plain types).
 """
 from __future__ import annotations
 
@@ -72,14 +72,6 @@ def pack(args) -> int:
     return 0
 
 
-def slim_checkpoint(path: Path) -> None:
-    import torch
-    ck = torch.load(path, map_location="cpu", weights_only=False)
-    history = [{k: v for k, v in h.items() if k != "step_losses"} for h in ck["history"]]
-    torch.save({"model": {k: v.cpu() for k, v in ck["model"].items()}, "history": history, "epoch": ck["epoch"],
-                "elapsed_s": ck.get("elapsed_s", 0.0)}, path.with_name("weights.pt"))
-
-
 def train(args) -> int:
     import torch
     classifier, cfg, labels, _ = load(args)
@@ -104,14 +96,12 @@ def train(args) -> int:
     log = classifier.Log(out / "train.log")
     log(f"{args.config} {' '.join(args.settings)}: {n_train} train, {len(rows['val'])} val images on {args.device}")
 
-    def log_and_slim(message):
-        log(message)
-        if message.startswith("epoch "):
-            slim_checkpoint(out / "last.pt")
-
-    classifier.train(cfg, out, data, resume=args.resume, progress=False, log=log_and_slim)
-    (out / "last.pt").unlink()
-    (out / "weights.pt").rename(out / "last.pt")
+    result = classifier.train(cfg, out, data, resume=args.resume, max_steps_per_epoch=cfg["max_steps_per_epoch"],
+                              progress=False, log=log)
+    history = result["history"]
+    classifier.save_checkpoint(out / "last.pt", {
+        "model": result["model"].state_dict(), "epoch": len(history) - 1, "elapsed_s": history[-1]["elapsed_s"] if history else 0.0,
+        "history": [{k: v for k, v in h.items() if k != "step_losses"} for h in history]})
     return 0
 
 

@@ -19,8 +19,8 @@ def seed_everything(seed: int) -> None:
 
 
 def rng_state() -> Dict:
-    """The generators' states in plain types and tensors, so that a checkpoint written with one numpy or
-    torch version (a GPU machine's) loads with another (torch.load(weights_only=True) too)."""
+    """The generators' states in plain types and tensors (no pickled numpy array), so that a checkpoint
+    written with one numpy version (a GPU machine's numpy 2) loads with another."""
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     return {"python": random.getstate(), "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)],
             "torch": torch.get_rng_state()}
