@@ -8,18 +8,21 @@ from typing import Dict
 
 import numpy as np
 
+from .corrections import apply_label_corrections, read_label_corrections
 from .dedup import FEATURE_MATCHER_VERSION, duplicate_scores, thumbnail_distances
 from .readers import LABELS, list_voc_split, list_yolo_split, read_ids
 
+
 def make_detection_splits(root, seed: int = 0, thumb_threshold: float = 0.05, min_inliers: int = 15,
-                          thumb_size: int = 32, cache_dir=None, log=print) -> Dict:
+                          thumb_size: int = 32, cache_dir=None, label_corrections=None, log=print) -> Dict:
     """Train / val / test samples and a summary, deterministic given the files and seed.
 
     train: TXL-PBC train, val: TXL-PBC val, test: BCCD ImageSets/Main/test.txt (VOC boxes). TXL-PBC
     images that are near-duplicates of a test image (find_duplicates' two tests) are dropped from train
     and val; a val image whose thumbnail equals a train image's is dropped from val. train is shuffled
     with seed. The duplicate scores take minutes; with cache_dir they are kept in
-    cache_dir/dedup_cache.json, keyed by the file list and the settings."""
+    cache_dir/dedup_cache.json, keyed by the file list and the settings. label_corrections: a corrections
+    file (bloodcv.data.corrections) applied to TXL-PBC train and val; BCCD's test boxes are never changed."""
     root = Path(root)
     txl = root / "txl-pbc" / "TXL_PBC"
     bccd = root / "bccd" / "BCCD"
@@ -30,6 +33,9 @@ def make_detection_splits(root, seed: int = 0, thumb_threshold: float = 0.05, mi
         raise FileNotFoundError(f"no TXL-PBC training images under {txl}")
     if not test:
         raise FileNotFoundError(f"no BCCD test images under {bccd}")
+    corrections = read_label_corrections(label_corrections) if label_corrections else []
+    if corrections:
+        train, val = apply_label_corrections(train, corrections), apply_label_corrections(val, corrections)
     cand = train + val
     key = hashlib.sha256(json.dumps([[str(s.image), Path(s.image).stat().st_size] for s in cand + test]
                                     + [thumb_size, FEATURE_MATCHER_VERSION]).encode()).hexdigest()
@@ -66,6 +72,7 @@ def make_detection_splits(root, seed: int = 0, thumb_threshold: float = 0.05, mi
         "train": {"source": "txl-pbc/train", "images": len(train), "boxes": _box_counts(train)},
         "val": {"source": "txl-pbc/val", "images": len(val), "boxes": _box_counts(val)},
         "test": {"source": "bccd/ImageSets/Main/test.txt", "images": len(test), "boxes": _box_counts(test)},
+        **({"label_corrections": {"file": Path(label_corrections).name, "entries": len(corrections)}} if corrections else {}),
         "dedup": {
             "method": (f"near-duplicate of a BCCD test image: grayscale {thumb_size}x{thumb_size} thumbnail "
                        f"distance (1 - correlation) < {thumb_threshold}, or >= {min_inliers} RANSAC-affine "

@@ -67,6 +67,7 @@ DEFAULT_CONFIG = {
     "val_interval": 5,
     "eval": {"score_threshold": 0.001},  # of the exported file, for AP (its decoder's NMS, as bloodcv eval)
     "dedup": {"thumb_threshold": 0.05, "min_inliers": 15},
+    "label_corrections": None,    # reviewed fixes of TXL-PBC's boxes for train and val (bloodcv.data.corrections)
     "cache_dir": "runs/cache",    # the near-duplicate scores (minutes to compute), keyed by files and settings
     "max_train_images": None,     # smoke runs: use only the first N training images
     "max_eval_images": None,
@@ -184,6 +185,15 @@ def kmean_anchors(samples: Sequence[Sample], input_size: int, n: int = 9, iters:
 
 
 # --------------------------------------------------------------------------------------- training
+def detection_splits(cfg: Dict, log=print) -> Dict:
+    """The recipe's splits (bloodcv.data.splits.make_detection_splits) as the config's keys set them."""
+    corrections = cfg["label_corrections"]
+    return make_detection_splits(resolve_path(cfg["dataset_root"], cfg), seed=cfg["seed"],
+                                 cache_dir=resolve_path(cfg["cache_dir"], cfg),
+                                 label_corrections=resolve_path(corrections, cfg) if corrections else None, log=log,
+                                 **cfg["dedup"])
+
+
 class DetectorTrainer:
     """The detector recipe; a subclass recipe replaces build_model, build_loss, describe_model and exported.
     splits: {"train", "val", "test": [Sample], "summary": {...}} or None to build them from cfg["dataset_root"]."""
@@ -198,9 +208,7 @@ class DetectorTrainer:
         torch.set_num_threads(int(cfg["threads"]))
         seed_everything(cfg["seed"])
         if splits is None:
-            root = resolve_path(cfg["dataset_root"], cfg)
-            splits = make_detection_splits(root, seed=cfg["seed"], cache_dir=resolve_path(cfg["cache_dir"], cfg), log=self.log,
-                                           **cfg["dedup"])
+            splits = detection_splits(cfg, log=self.log)
         self.splits = splits
         train = splits["train"][:cfg["max_train_images"]] if cfg["max_train_images"] else splits["train"]
         self.val = splits["val"][:cfg["max_eval_images"]] if cfg["max_eval_images"] else splits["val"]
@@ -422,7 +430,7 @@ class DetectorTrainer:
                                  "strides": [8, 16, 32], "parameters": count_parameters(model)},
                 "epochs": self.epoch, "seed": cfg["seed"], "train_seconds": round(self.train_seconds, 1),
                 "data": {k: {kk: vv for kk, vv in v.items() if kk != "dropped"} if isinstance(v, dict) else v
-                         for k, v in data.items() if k in ("train", "val", "test")},
+                         for k, v in data.items() if k in ("train", "val", "test", "label_corrections")},
                 "dedup": {k: v for k, v in data.get("dedup", {}).items() if k != "dropped"},
                 "metrics": summary,
                 "licences": "TXL-PBC (MIT), BCCD (MIT)",
@@ -450,8 +458,7 @@ def run(args) -> int:
     cfg = apply_settings(load_config(args.config, DEFAULT_CONFIG, over), args.settings)
     if args.anchors:
         torch.set_num_threads(int(cfg["threads"]))
-        splits = make_detection_splits(resolve_path(cfg["dataset_root"], cfg), seed=cfg["seed"],
-                                       cache_dir=resolve_path(cfg["cache_dir"], cfg), **cfg["dedup"])
+        splits = detection_splits(cfg)
         k, bpr, miou = kmean_anchors(splits["train"], cfg["input_size"], seed=cfg["seed"],
                                      anchor_t=cfg["loss"].get("anchor_t", 4.0))
         print(json.dumps({"anchors": np.round(k, 1).reshape(3, 3, 2).tolist(), "best_possible_recall": bpr,
