@@ -13,8 +13,13 @@
   per source, and each source held out → models/wbc_classifier.sources.md / .json and confusion images; and
   the chain above.
 - with --sources: the detector on TXL-PBC's validation split, one row per source (told apart by image size:
-  575×575, PBC 360×363, 416×416, BCCD-like 640×480), AP50 and AP75 per class and the boxes' median sizes
-  → models/cell_detector.sources.md / .json.
+  575×575, PBC 360×363, 416×416, BCCD-like 640×480), AP50 and AP75 per class and the boxes' median sizes,
+  against the labels as published and as reviewed (--corrections) → models/<detector>.sources.md / .json.
+- with --audit DIR: the detector's disagreements with TXL-PBC's white-cell labels (train and val), listed
+  and drawn for a reviewer → DIR/wbc_label_audit.json and contact sheets; the reviewed outcome is
+  configs/txl_pbc_label_corrections.json, which --sources also scores against.
+- with --input-sizes: the detector's CPU latency at inputs 320, 416, 512 and 640 on a 640×640 field
+  → models/cell_detector.input_sizes.md / .json.
 - with --retinanet: models/retinanet_pan_iou.pt (→ retinanet_pan_iou.eval.md / .eval.json) and the
   ablation variants that scripts/retinanet_ablation.sh trained (runs/retinanet/<variant>/model.pt) on the
   same split → models/retinanet_pan_iou.ablation.md / .json: AP50, AP75, AP90 and AP50:95 per variant.
@@ -258,36 +263,131 @@ TXL_SOURCES = {(575, 575): "575×575", (360, 363): "PBC 360×363", (366, 369): "
                (640, 480): "BCCD-like 640×480"}
 
 
-def detector_by_source(model: Path, datasets: Path, out: Path) -> list:
-    """AP50 / AP75 per class of the detector on TXL-PBC val, per source, through the runtime as `bloodcv eval`."""
-    from bloodcv.data.readers import LABELS, list_yolo_split
-    from bloodcv.training.evaluation import evaluate_detector as evaluate_samples
+def txl_pbc_val(datasets: Path, corrections: Path | None = None) -> dict:
+    """TXL-PBC val's samples grouped by source (image size), with a corrections file applied if given."""
+    from bloodcv.data.corrections import apply_label_corrections, read_label_corrections
+    from bloodcv.data.readers import list_yolo_split
     root = datasets / "txl-pbc" / "TXL_PBC"
     samples = list_yolo_split(root / "images" / "val", root / "labels" / "val")
+    if corrections:
+        samples = apply_label_corrections(samples, read_label_corrections(corrections))
     groups: dict = {}
     for s in samples:
         groups.setdefault(TXL_SOURCES.get((s.width, s.height), f"{s.width}×{s.height}"), []).append(s)
+    return dict(sorted(groups.items(), key=lambda kv: -len(kv[1])))
+
+
+def detector_by_source(model: Path, datasets: Path, out: Path, corrections: Path) -> list:
+    """AP50 / AP75 per class of the detector on TXL-PBC val, per source, through the runtime as `bloodcv eval`,
+    against the dataset's labels and against the labels with the reviewed corrections applied."""
+    from bloodcv.data.readers import LABELS
+    from bloodcv.training.evaluation import evaluate_detector as evaluate_samples
     rows = []
-    for source, group in sorted(groups.items(), key=lambda kv: -len(kv[1])):
-        result = evaluate_samples(model, group, LABELS, 0.001)
-        classes = {c["label"]: {"ap50": round(c["ap50"], 3), "ap75": round(c["ap75"], 3), "boxes": c["ground_truth"]}
-                   for c in result["report"]["classes"]}
-        sizes = {lab: float(np.median([max(b[2] - b[0], b[3] - b[1]) for s in group for b, c in zip(s.boxes, s.classes)
-                                       if LABELS[c] == lab] or [0])) for lab in LABELS}
-        rows.append({"source": source, "images": len(group), "mAP50": result["mAP50"], "AP75": result["AP75"],
-                     "classes": classes, "median_box_side_px": sizes})
-    (out / "cell_detector.sources.json").write_text(json.dumps({"model": model.name, "rows": rows}, indent=1) + "\n")
-    md = ("`cell_detector.pt` on TXL-PBC's validation split by source (image size), `bloodcv eval`'s COCO AP at score "
-          "threshold 0.001 through the runtime (`.venv/bin/python scripts/evaluate_models.py --sources`):\n\n"
-          "| source | images | AP50 WBC / RBC / Platelets | AP75 WBC / RBC / Platelets | mean AP75 | boxes WBC / RBC / Platelets | "
-          "median box side, px (WBC / RBC / Platelets) |\n|---|---:|---|---|---:|---|---|\n")
+    for labels, path in (("as published", None), ("reviewed", corrections)):
+        for source, group in txl_pbc_val(datasets, path).items():
+            result = evaluate_samples(model, group, LABELS, 0.001)
+            classes = {c["label"]: {"ap50": round(c["ap50"], 3), "ap75": round(c["ap75"], 3), "boxes": c["ground_truth"]}
+                       for c in result["report"]["classes"]}
+            sizes = {lab: float(np.median([max(b[2] - b[0], b[3] - b[1]) for s in group for b, c in zip(s.boxes, s.classes)
+                                           if LABELS[c] == lab] or [0])) for lab in LABELS}
+            rows.append({"labels": labels, "source": source, "images": len(group), "mAP50": result["mAP50"],
+                         "AP75": result["AP75"], "classes": classes, "median_box_side_px": sizes})
+    (out / f"{model.stem}.sources.json").write_text(json.dumps({"model": model.name, "corrections": corrections.name,
+                                                                "rows": rows}, indent=1) + "\n")
+    md = (f"`{model.name}` on TXL-PBC's validation split by source (image size), `bloodcv eval`'s COCO AP at score "
+          "threshold 0.001 through the runtime (`.venv/bin/python scripts/evaluate_models.py --sources`), against the "
+          f"labels as published and with the reviewed corrections of `configs/{corrections.name}` applied:\n\n"
+          "| labels | source | images | AP50 WBC / RBC / Platelets | AP75 WBC / RBC / Platelets | mean AP75 | boxes WBC / RBC / Platelets | "
+          "median box side, px (WBC / RBC / Platelets) |\n|---|---|---:|---|---|---:|---|---|\n")
     for r in rows:
         c = r["classes"]
-        md += (f"| {r['source']} | {r['images']} | " + " / ".join(f"{c[lab]['ap50']:.3f}" for lab in LABELS)
+        md += (f"| {r['labels']} | {r['source']} | {r['images']} | " + " / ".join(f"{c[lab]['ap50']:.3f}" for lab in LABELS)
                + " | " + " / ".join(f"{c[lab]['ap75']:.3f}" for lab in LABELS) + f" | {r['AP75']:.3f} | "
                + " / ".join(str(c[lab]["boxes"]) for lab in LABELS) + " | "
                + " / ".join(f"{r['median_box_side_px'][lab]:.0f}" for lab in LABELS) + " |\n")
-    (out / "cell_detector.sources.md").write_text(md)
+    (out / f"{model.stem}.sources.md").write_text(md)
+    return rows
+
+
+def audit_white_cell_labels(model: Path, datasets: Path, out: Path) -> list:
+    """Candidates for wrong white-cell labels in TXL-PBC train and val, for a reviewer: every WBC box the
+    detector does not find as a WBC (IoU >= 0.5, score >= 0.25), and every WBC it finds at score >= 0.5 with
+    no WBC box → out/wbc_label_audit.json and contact sheets out/wbc_label_audit_<k>.png (each candidate
+    numbered, its box drawn on its neighbourhood). What the reviewer decides goes into a corrections file
+    (configs/txl_pbc_label_corrections.json)."""
+    import cv2
+    from bloodcv.data.readers import LABELS, list_yolo_split
+    root = datasets / "txl-pbc" / "TXL_PBC"
+    pipeline = bloodcv.Pipeline(bloodcv.TorchScriptDetector(str(model), score_threshold=0.05))
+    rows, crops = [], []
+    for split in ("train", "val"):
+        for s in list_yolo_split(root / "images" / split, root / "labels" / split):
+            a = pipeline.analyze(str(s.image)).arrays()
+            boxes, scores, labels = a["boxes"].astype(np.float32), a["scores"], a["labels"]
+            iou = (np.asarray(bloodcv.box_iou(s.boxes, boxes)) if len(s.boxes) and len(boxes)
+                   else np.zeros((len(s.boxes), len(boxes))))
+            found = []
+            for i in np.flatnonzero(s.classes == 0):
+                if not ((iou[i] >= 0.5) & (labels == 0) & (scores >= 0.25)).any():
+                    found.append(("WBC box not found as a WBC", s.boxes[i], None))
+            for j in np.flatnonzero((labels == 0) & (scores >= 0.5)):
+                if not (iou[:, j][s.classes == 0] >= 0.5).any():
+                    best = int(iou[:, j].argmax()) if len(s.boxes) else -1
+                    found.append(("WBC found without a WBC box", boxes[j],
+                                  {"label": LABELS[s.classes[best]], "iou": round(float(iou[best, j]), 3)} if best >= 0 else None))
+            if not found:
+                continue
+            image = cv2.imread(str(s.image))
+            for kind, box, nearest in found:
+                rows.append({"k": len(rows), "split": split, "image": s.name, "size": f"{s.width}x{s.height}", "kind": kind,
+                             "box": [round(float(v), 1) for v in box], **({"nearest_box": nearest} if nearest else {})})
+                x1, y1, x2, y2 = map(int, box)
+                shown = cv2.rectangle(image.copy(), (x1, y1), (x2, y2), (0, 255, 255), 3)
+                cx, cy, half = (x1 + x2) // 2, (y1 + y2) // 2, max(x2 - x1, y2 - y1, 120)
+                crop = shown[max(cy - half, 0):cy + half, max(cx - half, 0):cx + half]
+                crop = cv2.resize(crop, (300, max(1, 300 * crop.shape[0] // crop.shape[1])))[:300]
+                crop = cv2.copyMakeBorder(crop, 0, 300 - crop.shape[0], 0, 4, cv2.BORDER_CONSTANT, value=(255, 255, 255))
+                cv2.putText(crop, f"{rows[-1]['k']} {split} {'GT' if kind.startswith('WBC box') else 'found'}", (4, 18),
+                            cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 2)
+                crops.append(crop)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "wbc_label_audit.json").write_text(json.dumps({"model": model.name, "candidates": rows}, indent=1) + "\n")
+    for page in range(0, len(crops), 20):
+        tiles = crops[page:page + 20]
+        tiles += [np.full_like(crops[0], 255)] * (-len(tiles) % 5)
+        cv2.imwrite(str(out / f"wbc_label_audit_{page // 20}.png"),
+                    np.vstack([np.hstack(tiles[i:i + 5]) for i in range(0, len(tiles), 5)]))
+    return rows
+
+
+def detector_input_latency(model: Path, bccd: Path, out: Path, sizes=(320, 416, 512, 640)) -> list:
+    """CPU latency of the default detector's architecture at each input size, side by side in one run, one
+    thread: the model file's description with the input changed, on one 640×640 field (the model's tile)
+    → out/<model>.input_sizes.md / .json. Weights do not change the time, so each size is a freshly built
+    network of the same width and depth."""
+    from bloodcv.export import export_model
+    from bloodcv.models import YoloDetector
+    torch.set_num_threads(1)
+    meta = load_model(model)[1]
+    arch = meta["training"]["architecture"]
+    field = bloodcv.read_image(str(next((bccd / "JPEGImages").glob("*.jpg"))))
+    field = np.ascontiguousarray(np.resize(field, (640, 640, 3)))
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for size in sizes:
+            torch.manual_seed(0)
+            net = YoloDetector(len(meta["labels"]), arch["width"], arch["depth"], input_size=size).eval().fuse()
+            path = Path(tmp) / f"{size}.pt"
+            export_model(net, path, {**meta, "input_size": [size, size]}, torch.rand(1, 3, size, size), method="trace", atol=1e-3)
+            detector = bloodcv.TorchScriptDetector(str(path), batch_size=1)
+            rows.append({"input": size, "ms": round(_median_ms(lambda: detector.detect([field])), 1)})
+    base = rows[0]["ms"]
+    (out / f"{model.stem}.input_sizes.json").write_text(json.dumps({"threads": 1, "field": "640x640", "rows": rows}, indent=1) + "\n")
+    md = (f"CPU latency of `{model.name}`'s architecture (width {arch['width']}, depth {arch['depth']}) on one 640×640 "
+          "field at each input size, one thread, median of 7, side by side in one run of "
+          "`.venv/bin/python scripts/evaluate_models.py --input-sizes`:\n\n| input | ms per field | × the 320 input |\n|---:|---:|---:|\n")
+    md += "".join(f"| {r['input']} | {r['ms']:.1f} | {r['ms'] / base:.2f} |\n" for r in rows)
+    (out / f"{model.stem}.input_sizes.md").write_text(md)
     return rows
 
 
@@ -300,6 +400,11 @@ def main() -> None:
     parser.add_argument("--retinanet", action="store_true", help="only the RetinaNet-PAN-IoU model and its ablation")
     parser.add_argument("--latency", action="store_true", help="only the CPU latency of every model in models/")
     parser.add_argument("--sources", action="store_true", help="only the detector per source of TXL-PBC val")
+    parser.add_argument("--corrections", type=Path, default=ROOT / "configs" / "txl_pbc_label_corrections.json",
+                        help="the reviewed label corrections --sources also scores against")
+    parser.add_argument("--audit", type=Path, metavar="DIR",
+                        help="only list the detector's disagreements with TXL-PBC's white-cell labels, for review, in DIR")
+    parser.add_argument("--input-sizes", action="store_true", help="only the detector's CPU latency at inputs 320 to 640")
     parser.add_argument("--wbc", action="store_true",
                         help="only the white-cell classifier's per-source and leave-one-source-out tables (runs/wbc) and the chain")
     args = parser.parse_args()
@@ -312,8 +417,14 @@ def main() -> None:
         print(latency(ROOT / "models", bccd, args.out))
         return
     if args.sources:
-        for row in detector_by_source(args.detector, args.datasets, args.out):
+        for row in detector_by_source(args.detector, args.datasets, args.out, args.corrections):
             print(row)
+        return
+    if args.audit:
+        print(f"{len(audit_white_cell_labels(args.detector, args.datasets, args.audit))} candidates in {args.audit}")
+        return
+    if args.input_sizes:
+        print(detector_input_latency(args.detector, bccd, args.out))
         return
     if args.wbc:
         print(wbc_sources_table(ROOT / "runs" / "wbc", args.out)["rows"])

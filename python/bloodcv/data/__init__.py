@@ -1,6 +1,7 @@
 """Training data, in one module per concern:
 
 - readers: annotated detection images (Sample) through the library's VOC and YOLO readers;
+- corrections: reviewed fixes of a dataset's boxes, kept as data (a JSON file) and applied to Samples;
 - dedup: near-duplicate images across datasets (thumbnails, SIFT + RANSAC);
 - splits: the detector recipes' train / val / test splits without test near-duplicates;
 - detection: the detector recipes' augmented, letterboxed batches (DetectionDataset);
