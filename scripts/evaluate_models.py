@@ -17,7 +17,7 @@
   against the labels as published and as reviewed (--corrections) → models/<detector>.sources.md / .json.
 - with --audit DIR: the detector's disagreements with TXL-PBC's white-cell labels (train and val), listed
   and drawn for a reviewer → DIR/wbc_label_audit.json and contact sheets; the reviewed outcome is
-  configs/txl_pbc_label_corrections.json, which --sources also scores against.
+  configs/label_corrections/txl_pbc.json, which --sources also scores against.
 - with --input-sizes: the detector's CPU latency at inputs 320, 416, 512 and 640 on a 640×640 field
   → models/cell_detector.input_sizes.md / .json.
 - with --retinanet: models/retinanet_pan_iou.pt (→ retinanet_pan_iou.eval.md / .eval.json) and the
@@ -80,13 +80,13 @@ def ap_at(report: dict, iou: float, classes: bool = False):
 
 def evaluate_retinanet_ablation(bccd: Path, out: Path) -> list:
     """The shipped model and every variant scripts/retinanet_ablation.sh trained (runs/retinanet/*/model.pt),
-    each described by the recipe its file records."""
+    each described by the recipe its file records. A variant of the previous table whose file is not here
+    (trained on another machine) keeps its recorded row, marked as such."""
+    table = out / "retinanet_pan_iou.ablation.json"
+    recorded = {r["variant"]: r for r in (json.loads(table.read_text()) if table.exists() else [])}
     models = [out / "retinanet_pan_iou.pt"] + sorted((ROOT / "runs" / "retinanet").glob("*/model.pt"))
     rows = []
     for model in models:
-        if not model.exists():
-            print(f"ablation: {model} is missing (scripts/retinanet_ablation.sh trains it); skipped")
-            continue
         shipped = model.parent == out
         recipe = load_model(model)[1]["training"]
         flags = recipe["recipe"].split()
@@ -99,16 +99,23 @@ def evaluate_retinanet_ablation(bccd: Path, out: Path) -> list:
                      "epochs": recipe["epochs"], "recipe": recipe["recipe"],
                      "AP50": ap_at(report, 0.5), "AP75": ap_at(report, 0.75), "AP90": ap_at(report, 0.9),
                      "AP50:95": report["coco"]["AP"], "AP50_per_class": ap_at(report, 0.5, classes=True)})
-    (out / "retinanet_pan_iou.ablation.json").write_text(json.dumps(rows, indent=1) + "\n")
+    measured = {r["variant"] for r in rows}
+    same_as_shipped = lambda r: (r["recipe"], r["epochs"]) == (rows[0]["recipe"], rows[0]["epochs"])  # noqa: E731
+    rows += [{**r, "recorded": True} for name, r in recorded.items()
+             if name not in measured and name != "shipped" and not same_as_shipped(r)]
+    table.write_text(json.dumps(rows, indent=1) + "\n")
     md = ("RetinaNet-PAN-IoU ablation on BCCD's test split (63 images, never trained on), `bloodcv eval` through "
-          "the C++ runtime at score threshold 0.05; every variant is the same recipe and schedule "
-          "(`scripts/retinanet_ablation.sh`).\n\n"
-          "| label assigner | PAN | IoU branch | AP50 | AP75 | AP90 | AP50:95 | AP50 WBC / RBC / Platelets |\n"
-          "|---|---|---|---|---|---|---|---|\n")
+          "the C++ runtime at score threshold 0.05 (`.venv/bin/python scripts/evaluate_models.py --retinanet`); the "
+          "variants are one recipe and schedule (`scripts/retinanet_ablation.sh`), the shipped model is its OT "
+          "variant on the full schedule. Rows marked * are recorded from the run that trained them (their files "
+          "are not in this checkout).\n\n"
+          "| model | label assigner | PAN | IoU branch | epochs | AP50 | AP75 | AP90 | AP50:95 | AP50 WBC / RBC / Platelets |\n"
+          "|---|---|---|---|---:|---|---|---|---|---|\n")
     for r in rows:
         per = r["AP50_per_class"]
-        md += (f"| {r['assigner']} | {'yes' if r['pan'] else 'no'} | {'yes' if r['iou_branch'] else 'no'} | "
-               f"{r['AP50']:.3f} | {r['AP75']:.3f} | {r['AP90']:.3f} | {r['AP50:95']:.3f} | "
+        name = "shipped" if r["variant"] == "shipped" else f"`{r['variant']}`" + (" *" if r.get("recorded") else "")
+        md += (f"| {name} | {r['assigner']} | {'yes' if r['pan'] else 'no'} | {'yes' if r['iou_branch'] else 'no'} | "
+               f"{r['epochs']} | {r['AP50']:.3f} | {r['AP75']:.3f} | {r['AP90']:.3f} | {r['AP50:95']:.3f} | "
                f"{per['WBC']:.3f} / {per['RBC']:.3f} / {per['Platelets']:.3f} |\n")
     (out / "retinanet_pan_iou.ablation.md").write_text(md)
     return rows
@@ -263,6 +270,12 @@ TXL_SOURCES = {(575, 575): "575×575", (360, 363): "PBC 360×363", (366, 369): "
                (640, 480): "BCCD-like 640×480"}
 
 
+def shown_path(path: Path) -> str:
+    """path as the tables show it: relative to the repository when inside it."""
+    path = Path(path).resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
 def txl_pbc_val(datasets: Path, corrections: Path | None = None) -> dict:
     """TXL-PBC val's samples grouped by source (image size), with a corrections file applied if given."""
     from bloodcv.data.corrections import apply_label_corrections, read_label_corrections
@@ -292,11 +305,11 @@ def detector_by_source(model: Path, datasets: Path, out: Path, corrections: Path
                                            if LABELS[c] == lab] or [0])) for lab in LABELS}
             rows.append({"labels": labels, "source": source, "images": len(group), "mAP50": result["mAP50"],
                          "AP75": result["AP75"], "classes": classes, "median_box_side_px": sizes})
-    (out / f"{model.stem}.sources.json").write_text(json.dumps({"model": model.name, "corrections": corrections.name,
+    (out / f"{model.stem}.sources.json").write_text(json.dumps({"model": model.name, "corrections": shown_path(corrections),
                                                                 "rows": rows}, indent=1) + "\n")
     md = (f"`{model.name}` on TXL-PBC's validation split by source (image size), `bloodcv eval`'s COCO AP at score "
           "threshold 0.001 through the runtime (`.venv/bin/python scripts/evaluate_models.py --sources`), against the "
-          f"labels as published and with the reviewed corrections of `configs/{corrections.name}` applied:\n\n"
+          f"labels as published and with the reviewed corrections of `{shown_path(corrections)}` applied:\n\n"
           "| labels | source | images | AP50 WBC / RBC / Platelets | AP75 WBC / RBC / Platelets | mean AP75 | boxes WBC / RBC / Platelets | "
           "median box side, px (WBC / RBC / Platelets) |\n|---|---|---:|---|---|---:|---|---|\n")
     for r in rows:
@@ -314,7 +327,7 @@ def audit_white_cell_labels(model: Path, datasets: Path, out: Path) -> list:
     detector does not find as a WBC (IoU >= 0.5, score >= 0.25), and every WBC it finds at score >= 0.5 with
     no WBC box → out/wbc_label_audit.json and contact sheets out/wbc_label_audit_<k>.png (each candidate
     numbered, its box drawn on its neighbourhood). What the reviewer decides goes into a corrections file
-    (configs/txl_pbc_label_corrections.json)."""
+    (configs/label_corrections/txl_pbc.json)."""
     import cv2
     from bloodcv.data.readers import LABELS, list_yolo_split
     root = datasets / "txl-pbc" / "TXL_PBC"
@@ -400,7 +413,7 @@ def main() -> None:
     parser.add_argument("--retinanet", action="store_true", help="only the RetinaNet-PAN-IoU model and its ablation")
     parser.add_argument("--latency", action="store_true", help="only the CPU latency of every model in models/")
     parser.add_argument("--sources", action="store_true", help="only the detector per source of TXL-PBC val")
-    parser.add_argument("--corrections", type=Path, default=ROOT / "configs" / "txl_pbc_label_corrections.json",
+    parser.add_argument("--corrections", type=Path, default=ROOT / "configs" / "label_corrections" / "txl_pbc.json",
                         help="the reviewed label corrections --sources also scores against")
     parser.add_argument("--audit", type=Path, metavar="DIR",
                         help="only list the detector's disagreements with TXL-PBC's white-cell labels, for review, in DIR")

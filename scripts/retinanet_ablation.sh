@@ -5,10 +5,11 @@
 #   scripts/retinanet_ablation.sh [JOBS [VARIANT...]]   # JOBS trainings at a time (default 1; one thread
 #                                                       # each); the named variants only (default: all)
 #
-# Each variant trains in runs/retinanet/<variant>/ and resumes from its checkpoint when run again.
-# The OT variant with PAN and IoU branch is the shipped models/retinanet_pan_iou.pt; the others are
-# exported beside their checkpoints. scripts/evaluate_models.py then evaluates all of them on BCCD test
-# and writes models/retinanet_pan_iou.ablation.md.
+# Each variant trains in runs/retinanet/<variant>/ (6 epochs), resumes from its checkpoint when run again
+# and is exported beside it; "plain" is the baseline RetinaNet (max-IoU assignment, FPN only, no IoU
+# branch). The shipped models/retinanet_pan_iou.pt is the OT variant on a full schedule
+# (configs/retinanet_pan_iou_full.json). `scripts/evaluate_models.py --retinanet` then evaluates all of
+# them on BCCD test and writes models/retinanet_pan_iou.ablation.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 jobs="${1:-1}"
@@ -18,7 +19,6 @@ py=.venv/bin/python
 train() {  # variant, then the recipe's switches
   local variant="$1"; shift
   local out="runs/retinanet/$variant" export="runs/retinanet/$variant/model.pt"
-  [[ "$variant" == ota ]] && export=models/retinanet_pan_iou.pt
   mkdir -p "$out"
   "$py" -m bloodcv.train retinanet --config configs/retinanet_pan_iou.json "$@" --out "$out" \
     --export-path "$export" --resume --no-progress > "$out/stdout.log" 2>&1 \
@@ -28,6 +28,7 @@ export -f train
 export py
 
 variants=(
+  "plain --assigner max_iou --no-pan --no-iou"
   "ota --assigner ota"
   "ota_nopan --assigner ota --no-pan"
   "ota_noiou --assigner ota --no-iou"

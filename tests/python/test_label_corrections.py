@@ -87,7 +87,7 @@ def test_an_unreadable_file_is_refused(tmp_path):
 @pytest.mark.skipif(not TXL.is_dir(), reason="needs ../shared/datasets/txl-pbc")
 def test_the_shipped_txl_pbc_corrections_each_name_one_box_of_the_dataset():
     from bloodcv.data.readers import list_yolo_split
-    entries = read_label_corrections(ROOT / "configs" / "txl_pbc_label_corrections.json")
+    entries = read_label_corrections(ROOT / "configs" / "label_corrections" / "txl_pbc.json")
     for split in ("train", "val"):
         named = {e["image"] for e in entries if e["split"] == split}
         samples = [s for s in list_yolo_split(TXL / "images" / split, TXL / "labels" / split) if s.name in named]
