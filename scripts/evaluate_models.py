@@ -18,6 +18,8 @@
 - with --audit DIR: the detector's disagreements with TXL-PBC's white-cell labels (train and val), listed
   and drawn for a reviewer → DIR/wbc_label_audit.json and contact sheets; the reviewed outcome is
   configs/label_corrections/txl_pbc.json, which --sources also scores against.
+- with --annotations: how TXL-PBC's boxes (the detector's training labels) agree with BCCD's (its test
+  labels) on the BCCD test images both annotated → models/cell_detector.annotations.md / .json.
 - with --input-sizes: the detector's CPU latency at inputs 320, 416, 512 and 640 on a 640×640 field
   → models/cell_detector.input_sizes.md / .json.
 - with --retinanet: models/retinanet_pan_iou.pt (→ retinanet_pan_iou.eval.md / .eval.json) and the
@@ -373,6 +375,75 @@ def audit_white_cell_labels(model: Path, datasets: Path, out: Path) -> list:
     return rows
 
 
+def annotation_agreement(datasets: Path, out: Path) -> dict:
+    """TXL-PBC re-annotated BCCD's images: on the BCCD test images that it holds at the same size and
+    orientation (found by the detector recipe's near-duplicate search, so never trained on), how well the two annotations agree,
+    box by box (greedy one-to-one matching by IoU per class) and as COCO AP of TXL-PBC's boxes (all at score
+    1) against BCCD's → out/cell_detector.annotations.md / .json: the AP a model that labels exactly as its
+    training data does would get on BCCD test."""
+    from bloodcv.data.readers import LABELS, list_yolo_split
+    from bloodcv.training.config import load_config
+    from bloodcv.training.detector import DEFAULT_CONFIG, detection_splits
+    from bloodcv.training.evaluation import MAX_DETECTIONS
+    splits = detection_splits(load_config(str(ROOT / "configs" / "detector_yolo.json"), DEFAULT_CONFIG), log=lambda *_: None)
+    test = {s.name: s for s in splits["test"]}
+    root = datasets / "txl-pbc" / "TXL_PBC"
+    txl = {s.name: s for part in ("train", "val") for s in list_yolo_split(root / "images" / part, root / "labels" / part)}
+    dropped = splits["summary"]["dedup"]["dropped"]
+    truth, found, ious = {}, {}, {lab: [] for lab in LABELS}
+    only = {lab: {"TXL-PBC": 0, "BCCD": 0} for lab in LABELS}
+    # Each BCCD image's best-aligned copy (as is or mirrored): mean over BCCD's boxes of the best IoU with
+    # the copy's; copies that are rotated, cropped or shifted (below 0.5) are left out.
+    copies = {}
+    for copy, original in {**dropped["train"], **dropped["val"]}.items():
+        t, b = txl[copy], test.get(original)
+        if b is None or (t.width, t.height) != (b.width, b.height):
+            continue
+        mirrored = t.boxes.copy()
+        mirrored[:, [0, 2]] = t.width - t.boxes[:, [2, 0]]
+        for boxes in (t.boxes, mirrored):
+            aligned = float(np.asarray(bloodcv.box_iou(b.boxes, boxes)).max(1).mean())
+            if aligned >= 0.5 and aligned > copies.get(original, (0.0,))[0]:
+                copies[original] = (aligned, t, boxes)
+    for original, (_, t, boxes) in sorted(copies.items()):
+        b = test[original]
+        truth[original] = (b.boxes, b.classes, b.ignore.tolist())
+        found[original] = (boxes, np.ones(len(boxes), np.float32), t.classes)
+        for c, lab in enumerate(LABELS):
+            iou = np.asarray(bloodcv.box_iou(boxes[t.classes == c], b.boxes[b.classes == c])).reshape(
+                int((t.classes == c).sum()), int((b.classes == c).sum()))
+            pairs = 0
+            while iou.size and iou.max() > 0.1:
+                i, j = np.unravel_index(iou.argmax(), iou.shape)
+                ious[lab].append(float(iou[i, j]))
+                iou[i, :], iou[:, j] = -1, -1
+                pairs += 1
+            only[lab]["TXL-PBC"] += int((t.classes == c).sum()) - pairs
+            only[lab]["BCCD"] += int((b.classes == c).sum()) - pairs
+    report = bev.evaluate_detections(bev.ground_truth(list(LABELS), truth), bev.predictions(list(LABELS), found),
+                                     max_detections=list(MAX_DETECTIONS)).to_dict()
+    classes = {c["label"]: c for c in report["classes"]}
+    rows = [{"class": lab, "pairs": len(ious[lab]), "median_iou": round(float(np.median(ious[lab])), 3),
+             "pairs_iou_at_least_0.75": round(float(np.mean(np.array(ious[lab]) >= 0.75)), 3),
+             "only_in_txl_pbc": only[lab]["TXL-PBC"], "only_in_bccd": only[lab]["BCCD"],
+             "AP50": round(classes[lab]["ap50"], 3), "AP75": round(classes[lab]["ap75"], 3)} for lab in LABELS]
+    result = {"images": len(truth), "rows": rows, "mean_AP50": round(float(np.mean([r["AP50"] for r in rows])), 3),
+              "mean_AP75": round(float(np.mean([r["AP75"] for r in rows])), 3)}
+    (out / "cell_detector.annotations.json").write_text(json.dumps(result, indent=1) + "\n")
+    md = (f"TXL-PBC's boxes against BCCD's on the {len(truth)} BCCD test images that TXL-PBC holds re-annotated at the same "
+          "size and orientation (the near-duplicates the detector recipe keeps out of training; copies that are "
+          "rotated, cropped or shifted left out), "
+          "`.venv/bin/python scripts/evaluate_models.py --annotations`. Pairs: one-to-one by IoU per class; "
+          "AP: TXL-PBC's boxes scored by `bloodcv.eval` as detections (all at score 1) against BCCD's.\n\n"
+          "| class | pairs | median IoU | pairs at IoU ≥ 0.75 | boxes only in TXL-PBC | only in BCCD | AP50 | AP75 |\n"
+          "|---|---:|---:|---:|---:|---:|---:|---:|\n")
+    md += "".join(f"| {r['class']} | {r['pairs']} | {r['median_iou']:.3f} | {r['pairs_iou_at_least_0.75']:.3f} | "
+                  f"{r['only_in_txl_pbc']} | {r['only_in_bccd']} | {r['AP50']:.3f} | {r['AP75']:.3f} |\n" for r in rows)
+    md += f"| mean | | | | | | {result['mean_AP50']:.3f} | {result['mean_AP75']:.3f} |\n"
+    (out / "cell_detector.annotations.md").write_text(md)
+    return result
+
+
 def detector_input_latency(model: Path, bccd: Path, out: Path, sizes=(320, 416, 512, 640)) -> list:
     """CPU latency of the default detector's architecture at each input size, side by side in one run, one
     thread: the model file's description with the input changed, on one 640×640 field (the model's tile)
@@ -418,6 +489,8 @@ def main() -> None:
     parser.add_argument("--audit", type=Path, metavar="DIR",
                         help="only list the detector's disagreements with TXL-PBC's white-cell labels, for review, in DIR")
     parser.add_argument("--input-sizes", action="store_true", help="only the detector's CPU latency at inputs 320 to 640")
+    parser.add_argument("--annotations", action="store_true",
+                        help="only how TXL-PBC's boxes agree with BCCD's on the BCCD test images both annotated")
     parser.add_argument("--wbc", action="store_true",
                         help="only the white-cell classifier's per-source and leave-one-source-out tables (runs/wbc) and the chain")
     args = parser.parse_args()
@@ -435,6 +508,9 @@ def main() -> None:
         return
     if args.audit:
         print(f"{len(audit_white_cell_labels(args.detector, args.datasets, args.audit))} candidates in {args.audit}")
+        return
+    if args.annotations:
+        print(annotation_agreement(args.datasets, args.out))
         return
     if args.input_sizes:
         print(detector_input_latency(args.detector, bccd, args.out))
