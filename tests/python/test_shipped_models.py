@@ -80,7 +80,8 @@ def test_default_classifier_carries_its_calibration_and_stain_targets():
     assert stain["default"] == "none" and {"reinhard", "macenko"} <= set(stain)
 
 
-BCCD = ROOT.parent / "shared" / "datasets" / "bccd" / "BCCD"
+DATASETS = ROOT.parent / "shared" / "datasets"
+BCCD = DATASETS / "bccd" / "BCCD"
 
 
 @pytest.mark.skipif(not BCCD.exists(), reason=f"the BCCD dataset is not at {BCCD}")
@@ -115,3 +116,20 @@ def test_the_recipes_evaluation_gives_bloodcv_evals_numbers():
     assert report["predictions"] == card["predictions"] and report["images"] == card["images"]
     for metric in ("AP", "AP50", "AP75"):
         assert report["coco"][metric] == pytest.approx(card["coco"][metric], abs=1e-9), metric
+
+
+@pytest.mark.skipif(not (DATASETS / "txl-pbc").exists(), reason=f"TXL-PBC is not under {DATASETS}")
+def test_the_detector_card_per_source_table_is_what_the_script_computes(tmp_path):
+    """models/cell_detector.sources.json (the card's table by source, labels as published and as reviewed)
+    is what scripts/evaluate_models.py --sources computes now: the corrections still fit the dataset and
+    the card's figures are the code's."""
+    subprocess.run([str(ROOT / ".venv" / "bin" / "python"), str(ROOT / "scripts" / "evaluate_models.py"), "--sources",
+                    "--datasets", str(DATASETS), "--out", str(tmp_path)], check=True, capture_output=True, timeout=900)
+    card = json.loads((MODELS / "cell_detector.sources.json").read_text())
+    now = json.loads((tmp_path / "cell_detector.sources.json").read_text())
+    assert [(r["labels"], r["source"]) for r in now["rows"]] == [(r["labels"], r["source"]) for r in card["rows"]]
+    for a, b in zip(now["rows"], card["rows"]):
+        assert a["classes"] == b["classes"] and a["AP75"] == pytest.approx(b["AP75"], abs=1e-9), (a["labels"], a["source"])
+    reviewed = {r["source"]: r for r in now["rows"] if r["labels"] == "reviewed"}
+    published = {r["source"]: r for r in now["rows"] if r["labels"] == "as published"}
+    assert reviewed["575×575"]["classes"]["WBC"]["boxes"] == published["575×575"]["classes"]["WBC"]["boxes"] - 2
