@@ -1,5 +1,7 @@
 #include "bloodcv/tiler.hpp"
 
+#include <cstdint>
+
 #include <opencv2/core.hpp>
 
 #include "check.hpp"
@@ -93,6 +95,11 @@ std::vector<Detection> to_image_coordinates(std::vector<Detection> detections, c
   if (image_size.width <= 0 || image_size.height <= 0)
     fail_argument("image_size must be positive, got {}x{}", image_size.width, image_size.height);
   const cv::Rect& r = tile.region;
+  // A tile is a part of the image; the mergers compute with its corners, which must not overflow an int.
+  if (r.x < 0 || r.y < 0 || r.width <= 0 || r.height <= 0 || std::int64_t{r.x} + r.width > image_size.width ||
+      std::int64_t{r.y} + r.height > image_size.height)
+    fail_argument("tile region {}x{} at ({}, {}) is not inside the {}x{} image", r.width, r.height, r.x, r.y, image_size.width,
+                  image_size.height);
   std::vector<Detection> out;
   out.reserve(detections.size());
   for (Detection& d : detections) {

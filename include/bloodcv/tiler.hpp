@@ -58,7 +58,8 @@ class GridTiler final : public Tiler {
 
 // Tile-local detections to image coordinates: shifted by the tile's offset, clipped to the image;
 // boxes that lie wholly in a tile's padding, or keep no area once clipped, are dropped. An image size that
-// is not positive is refused (std::invalid_argument naming it), and so by every TileMerger.
+// is not positive, or a tile region that is empty or not inside the image, is refused (std::invalid_argument
+// naming it), and so by every TileMerger.
 std::vector<Detection> to_image_coordinates(std::vector<Detection> detections, const Tile& tile, cv::Size image_size);
 
 }  // namespace bloodcv

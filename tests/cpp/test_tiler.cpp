@@ -204,11 +204,15 @@ TEST_CASE("a tile far larger than the image is refused, naming the sizes, instea
 }
 
 TEST_CASE("boxes left with no area by clipping are dropped", "[tiler]") {
-  const Tile tile{cv::Rect(600, 0, 200, 200), {}, false};
-  const std::vector<Detection> local{{{50, 10, 90, 40}, 0.9f, 0}, {{10, 10, 30, 30}, 0.8f, 0}};  // the first lies beyond x 640
-  const auto mapped = to_image_coordinates(local, tile, {640, 480});
-  REQUIRE(mapped.size() == 1);
-  CHECK(mapped[0].box == Box{610, 10, 630, 30});
+  const Tile tile{cv::Rect(440, 0, 200, 200), {}, false};
+  const std::vector<Detection> local{{{-30, 10, -5, 40}, 0.9f, 0}, {{10, 10, 30, 30}, 0.8f, 0}};  // the first lies left of the tile
+  const Tile left_edge{cv::Rect(0, 0, 200, 200), {}, false};
+  const auto at_edge = to_image_coordinates(local, left_edge, {640, 480});  // ... and so left of the image
+  REQUIRE(at_edge.size() == 1);
+  CHECK(at_edge[0].box == Box{10, 10, 30, 30});
+  const auto inside = to_image_coordinates(local, tile, {640, 480});  // inside the image: kept
+  REQUIRE(inside.size() == 2);
+  CHECK(inside[0].box == Box{410, 10, 435, 40});
 }
 
 TEST_CASE("mergers by name; every strategy merges the seam duplicates of one cell", "[tiler][merge]") {
@@ -226,4 +230,22 @@ TEST_CASE("mergers by name; every strategy merges the seam duplicates of one cel
   CHECK_THROWS_WITH(make_merger("average"), Contains("seam, nmm, nms, wbf or soft-nms") && Contains("average"));
   CHECK_THROWS_WITH(SeamMerger(SeamMergeOptions{1.5}), Contains("match_threshold"));
   CHECK_THROWS_WITH(PooledMerger(nullptr), Contains("needs a suppressor"));
+}
+
+TEST_CASE("a tile region outside the image is refused by the mapping and by every merger", "[tiler][errors]") {
+  const std::vector<Detection> local{{Box{1, 1, 10, 10}, 0.9f, 0}};
+  // The fuzzer's case: corners past the int range overflowed in the seam merger (fuzz_tiler_merge, regressions/).
+  const Tile huge{cv::Rect(1120060098, 0, 1120060098, 64), cv::Mat()};
+  CHECK_THROWS_WITH(to_image_coordinates(local, huge, {64, 64}),
+                    Contains("tile region 1120060098x64 at (1120060098, 0) is not inside the 64x64 image"));
+  for (const char* strategy : {"seam", "nmm", "nms", "wbf", "soft-nms"}) {
+    CAPTURE(strategy);
+    for (const cv::Rect& region : {cv::Rect(-1, 0, 32, 32), cv::Rect(40, 0, 32, 32), cv::Rect(0, 0, 0, 32), cv::Rect(0, 40, 32, 32)}) {
+      CAPTURE(region);
+      const Tile inside{cv::Rect(0, 0, 32, 32), cv::Mat()}, outside{region, cv::Mat()};
+      CHECK_THROWS_WITH(make_merger(strategy)->merge({local, local}, {inside, outside}, {64, 64}), Contains("is not inside the 64x64 image"));
+    }
+  }
+  const Tile edge{cv::Rect(32, 32, 32, 32), cv::Mat()};  // touching the far corner is inside
+  CHECK(to_image_coordinates(local, edge, {64, 64}).front().box == Box{33, 33, 42, 42});
 }

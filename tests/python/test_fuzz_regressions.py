@@ -167,3 +167,18 @@ def test_assigners_take_lists_as_tensors():
     import bloodcv.assign
     from_lists = bloodcv.assign.MaxIoUAssigner().assign([[0, 0, 10, 10], [20, 20, 30, 30]], [[0, 0, 10, 10]], [2])
     assert from_lists.gt_index.tolist() == [0, bloodcv.assign.BACKGROUND] and from_lists.labels.tolist() == [2, -1]
+
+
+@pytest.mark.parametrize("merger", ["seam", "nms", "wbf"])
+def test_a_tile_region_outside_the_image_is_refused(merger):
+    """fuzz_tiler_merge found the seam merger adding the corners of a region past the int range (undefined
+    behaviour); a region that is not inside the image is now refused by every merger, as in C++."""
+    boxes = [np.array([[1, 1, 10, 10]], np.float32)] * 2
+    scores = [np.array([0.9], np.float32)] * 2
+    strategy = bloodcv.make_merger(merger)
+    for far in (bloodcv.Tile(1120060098, 0, 1120060098, 64), bloodcv.Tile(40, 0, 32, 32), bloodcv.Tile(-1, 0, 32, 32)):
+        with pytest.raises(ValueError, match=r"tile region \d+x\d+ at \(-?\d+, 0\) is not inside the 64x64 image"):
+            bloodcv.merge_tile_detections([bloodcv.Tile(0, 0, 32, 32), far], boxes, scores, image_size=(64, 64), merger=strategy)
+    merged = bloodcv.merge_tile_detections([bloodcv.Tile(0, 0, 32, 32), bloodcv.Tile(32, 32, 32, 32)], boxes, scores,
+                                           image_size=(64, 64), merger=strategy)
+    assert sorted(merged["boxes"].tolist()) == [[1, 1, 10, 10], [33, 33, 42, 42]]
