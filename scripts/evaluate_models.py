@@ -108,9 +108,9 @@ def evaluate_retinanet_ablation(bccd: Path, out: Path) -> list:
     table.write_text(json.dumps(rows, indent=1) + "\n")
     md = ("RetinaNet-PAN-IoU ablation on BCCD's test split (63 images, never trained on), `bloodcv eval` through "
           "the C++ runtime at score threshold 0.05 (`.venv/bin/python scripts/evaluate_models.py --retinanet`); the "
-          "variants are one recipe and schedule (`scripts/retinanet_ablation.sh`), the shipped model is its OT "
-          "variant on the full schedule. Rows marked * are recorded from the run that trained them (their files "
-          "are not in this checkout).\n\n"
+          "variants are one recipe and schedule (`scripts/retinanet_ablation.sh`), the shipped model is the recipe's "
+          "OT variant (its epochs say on which schedule). Rows marked * are recorded from the run that trained them "
+          "(their files are not in this checkout).\n\n"
           "| model | label assigner | PAN | IoU branch | epochs | AP50 | AP75 | AP90 | AP50:95 | AP50 WBC / RBC / Platelets |\n"
           "|---|---|---|---|---:|---|---|---|---|---|\n")
     for r in rows:
