@@ -278,35 +278,36 @@ def shown_path(path: Path) -> str:
     return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
-def txl_pbc_val(datasets: Path, corrections: Path | None = None) -> dict:
-    """TXL-PBC val's samples grouped by source (image size), with a corrections file applied if given."""
-    from bloodcv.data.corrections import apply_label_corrections, read_label_corrections
+def txl_pbc_val(datasets: Path) -> dict:
+    """TXL-PBC val's samples grouped by source (image size), the largest source first."""
     from bloodcv.data.readers import list_yolo_split
     root = datasets / "txl-pbc" / "TXL_PBC"
-    samples = list_yolo_split(root / "images" / "val", root / "labels" / "val")
-    if corrections:
-        samples = apply_label_corrections(samples, read_label_corrections(corrections))
     groups: dict = {}
-    for s in samples:
+    for s in list_yolo_split(root / "images" / "val", root / "labels" / "val"):
         groups.setdefault(TXL_SOURCES.get((s.width, s.height), f"{s.width}×{s.height}"), []).append(s)
     return dict(sorted(groups.items(), key=lambda kv: -len(kv[1])))
 
 
 def detector_by_source(model: Path, datasets: Path, out: Path, corrections: Path) -> list:
     """AP50 / AP75 per class of the detector on TXL-PBC val, per source, through the runtime as `bloodcv eval`,
-    against the dataset's labels and against the labels with the reviewed corrections applied."""
+    against the dataset's labels and against the labels with the reviewed corrections applied (one detection
+    run per image, scored against both)."""
+    from bloodcv.data.corrections import apply_label_corrections, read_label_corrections
     from bloodcv.data.readers import LABELS
-    from bloodcv.training.evaluation import evaluate_detector as evaluate_samples
-    rows = []
-    for labels, path in (("as published", None), ("reviewed", corrections)):
-        for source, group in txl_pbc_val(datasets, path).items():
-            result = evaluate_samples(model, group, LABELS, 0.001)
+    from bloodcv.training.evaluation import detect, score_detections
+    entries = read_label_corrections(corrections)
+    rows = {"as published": [], "reviewed": []}
+    for source, group in txl_pbc_val(datasets).items():
+        predictions = detect(model, group, 0.001)
+        for labels, samples in (("as published", group), ("reviewed", apply_label_corrections(group, entries))):
+            result = score_detections(predictions, samples, LABELS)
             classes = {c["label"]: {"ap50": round(c["ap50"], 3), "ap75": round(c["ap75"], 3), "boxes": c["ground_truth"]}
                        for c in result["report"]["classes"]}
-            sizes = {lab: float(np.median([max(b[2] - b[0], b[3] - b[1]) for s in group for b, c in zip(s.boxes, s.classes)
+            sizes = {lab: float(np.median([max(b[2] - b[0], b[3] - b[1]) for s in samples for b, c in zip(s.boxes, s.classes)
                                            if LABELS[c] == lab] or [0])) for lab in LABELS}
-            rows.append({"labels": labels, "source": source, "images": len(group), "mAP50": result["mAP50"],
-                         "AP75": result["AP75"], "classes": classes, "median_box_side_px": sizes})
+            rows[labels].append({"labels": labels, "source": source, "images": len(samples), "mAP50": result["mAP50"],
+                                 "AP75": result["AP75"], "classes": classes, "median_box_side_px": sizes})
+    rows = rows["as published"] + rows["reviewed"]
     (out / f"{model.stem}.sources.json").write_text(json.dumps({"model": model.name, "corrections": shown_path(corrections),
                                                                 "rows": rows}, indent=1) + "\n")
     md = (f"`{model.name}` on TXL-PBC's validation split by source (image size), `bloodcv eval`'s COCO AP at score "
@@ -339,8 +340,7 @@ def audit_white_cell_labels(model: Path, datasets: Path, out: Path) -> list:
         for s in list_yolo_split(root / "images" / split, root / "labels" / split):
             a = pipeline.analyze(str(s.image)).arrays()
             boxes, scores, labels = a["boxes"].astype(np.float32), a["scores"], a["labels"]
-            iou = (np.asarray(bloodcv.box_iou(s.boxes, boxes)) if len(s.boxes) and len(boxes)
-                   else np.zeros((len(s.boxes), len(boxes))))
+            iou = np.asarray(bloodcv.box_iou(s.boxes, boxes))
             found = []
             for i in np.flatnonzero(s.classes == 0):
                 if not ((iou[i] >= 0.5) & (labels == 0) & (scores >= 0.25)).any():

@@ -52,19 +52,10 @@ def read_label_corrections(path) -> List[Dict]:
     return entries
 
 
-def _iou(box: Sequence[float], boxes: np.ndarray) -> np.ndarray:
-    x1 = np.maximum(box[0], boxes[:, 0])
-    y1 = np.maximum(box[1], boxes[:, 1])
-    x2 = np.minimum(box[2], boxes[:, 2])
-    y2 = np.minimum(box[3], boxes[:, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area = (box[2] - box[0]) * (box[3] - box[1])
-    return inter / (area + (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) - inter)
-
-
 def apply_label_corrections(samples: Sequence[Sample], entries: Sequence[Dict]) -> List[Sample]:
     """samples with the entries that name them applied (new Sample objects; the others unchanged). An entry
     naming an image among samples but no box, or more than one, is a ValueError."""
+    from ..ops import box_iou  # here, as the readers: the package's data modules load without the C++ extension
     by_image: Dict[str, List[Dict]] = {}
     for e in entries:
         by_image.setdefault(e["image"], []).append(e)
@@ -82,7 +73,8 @@ def apply_label_corrections(samples: Sequence[Sample], entries: Sequence[Dict]) 
             if "add" in e:
                 added.append((e["add"], label))
                 continue
-            hits = np.flatnonzero((classes == label) & keep & (_iou(e["box"], boxes) >= MATCH_IOU)) if len(boxes) else []
+            overlap = np.asarray(box_iou(np.array([e["box"]], np.float32), boxes))[0]
+            hits = np.flatnonzero((classes == label) & keep & (overlap >= MATCH_IOU))
             if len(hits) != 1:
                 raise ValueError(f"label correction of {s.name} ({s.image}): {len(hits)} {e['label']} boxes match "
                                  f"{e['box']} at IoU >= {MATCH_IOU}, expected one")

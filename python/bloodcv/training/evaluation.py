@@ -38,8 +38,13 @@ def evaluate_detector(model_path, samples: Sequence[Sample], labels: Sequence[st
     """COCO AP of the model file on samples (bloodcv.eval.evaluate_detections, AP at 300 detections per image),
     summarised for a training log: mAP50 and AP50 per class (None for a class without boxes), AP, AP75, the
     ground-truth boxes per class and the whole report's dict."""
-    report = bev.evaluate_detections(ground_truth(samples, labels), detect(model_path, samples, score_threshold, show_progress),
-                                     max_detections=list(MAX_DETECTIONS))
+    return score_detections(detect(model_path, samples, score_threshold, show_progress), samples, labels)
+
+
+def score_detections(predictions, samples: Sequence[Sample], labels: Sequence[str]) -> Dict:
+    """evaluate_detector's summary for predictions already made (detect) against samples' boxes: one
+    detection run scored against two versions of the same images' labels."""
+    report = bev.evaluate_detections(ground_truth(samples, labels), predictions, max_detections=list(MAX_DETECTIONS))
     full = report.to_dict()
     per_class = {c["label"]: (round(c["ap50"], 4) if c["ground_truth"] and c["ap50"] >= 0 else None) for c in full["classes"]}
     coco = report.coco
