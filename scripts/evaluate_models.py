@@ -327,11 +327,13 @@ def detector_by_source(model: Path, datasets: Path, out: Path, corrections: Path
 
 def audit_white_cell_labels(model: Path, datasets: Path, out: Path) -> list:
     """Candidates for wrong white-cell labels in TXL-PBC train and val, for a reviewer: every WBC box the
-    detector does not find as a WBC (IoU >= 0.5, score >= 0.25), and every WBC it finds at score >= 0.5 with
-    no WBC box → out/wbc_label_audit.json and contact sheets out/wbc_label_audit_<k>.png (each candidate
-    numbered, its box drawn on its neighbourhood). What the reviewer decides goes into a corrections file
+    detector does not find as a WBC (IoU >= 0.5, score >= 0.25), every WBC it finds at score >= 0.5 with
+    no WBC box, and every two WBC boxes that overlap as one cell boxed twice (bloodcv.data.corrections.
+    duplicate_boxes, no model needed) → out/wbc_label_audit.json and contact sheets out/wbc_label_audit_<k>.png
+    (each candidate numbered, its boxes drawn on their neighbourhood). What the reviewer decides goes into a corrections file
     (configs/label_corrections/txl_pbc.json)."""
     import cv2
+    from bloodcv.data.corrections import duplicate_boxes
     from bloodcv.data.readers import LABELS, list_yolo_split
     root = datasets / "txl-pbc" / "TXL_PBC"
     pipeline = bloodcv.Pipeline(bloodcv.TorchScriptDetector(str(model), score_threshold=0.05))
@@ -344,25 +346,32 @@ def audit_white_cell_labels(model: Path, datasets: Path, out: Path) -> list:
             found = []
             for i in np.flatnonzero(s.classes == 0):
                 if not ((iou[i] >= 0.5) & (labels == 0) & (scores >= 0.25)).any():
-                    found.append(("WBC box not found as a WBC", s.boxes[i], None))
+                    found.append(("WBC box not found as a WBC", [s.boxes[i]], {}))
             for j in np.flatnonzero((labels == 0) & (scores >= 0.5)):
                 if not (iou[:, j][s.classes == 0] >= 0.5).any():
                     best = int(iou[:, j].argmax()) if len(s.boxes) else -1
-                    found.append(("WBC found without a WBC box", boxes[j],
-                                  {"label": LABELS[s.classes[best]], "iou": round(float(iou[best, j]), 3)} if best >= 0 else None))
+                    found.append(("WBC found without a WBC box", [boxes[j]],
+                                  {"nearest_box": {"label": LABELS[s.classes[best]], "iou": round(float(iou[best, j]), 3)}}
+                                  if best >= 0 else {}))
+            for pair in duplicate_boxes(s, "WBC"):
+                found.append(("one cell boxed twice as WBC", pair["boxes"], {"iou": pair["iou"]}))
             if not found:
                 continue
             image = cv2.imread(str(s.image))
-            for kind, box, nearest in found:
+            for kind, shown_boxes, extra in found:
                 rows.append({"k": len(rows), "split": split, "image": s.name, "size": f"{s.width}x{s.height}", "kind": kind,
-                             "box": [round(float(v), 1) for v in box], **({"nearest_box": nearest} if nearest else {})})
-                x1, y1, x2, y2 = map(int, box)
-                shown = cv2.rectangle(image.copy(), (x1, y1), (x2, y2), (0, 255, 255), 3)
+                             **{("box" if i == 0 else "other_box"): [round(float(v), 1) for v in b] for i, b in enumerate(shown_boxes)},
+                             **extra})
+                shown = image.copy()
+                for b, colour in zip(shown_boxes, ((0, 255, 255), (255, 0, 255))):
+                    cv2.rectangle(shown, tuple(map(int, b[:2])), tuple(map(int, b[2:])), colour, 3)
+                x1, y1 = (int(min(b[k] for b in shown_boxes)) for k in (0, 1))
+                x2, y2 = (int(max(b[k] for b in shown_boxes)) for k in (2, 3))
                 cx, cy, half = (x1 + x2) // 2, (y1 + y2) // 2, max(x2 - x1, y2 - y1, 120)
                 crop = shown[max(cy - half, 0):cy + half, max(cx - half, 0):cx + half]
                 crop = cv2.resize(crop, (300, max(1, 300 * crop.shape[0] // crop.shape[1])))[:300]
                 crop = cv2.copyMakeBorder(crop, 0, 300 - crop.shape[0], 0, 4, cv2.BORDER_CONSTANT, value=(255, 255, 255))
-                cv2.putText(crop, f"{rows[-1]['k']} {split} {'GT' if kind.startswith('WBC box') else 'found'}", (4, 18),
+                cv2.putText(crop, f"{rows[-1]['k']} {split} {'found' if kind.startswith('WBC found') else 'GT'}", (4, 18),
                             cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 2)
                 crops.append(crop)
     out.mkdir(parents=True, exist_ok=True)

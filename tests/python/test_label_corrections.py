@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from bloodcv.data import Sample
-from bloodcv.data.corrections import apply_label_corrections, read_label_corrections
+from bloodcv.data.corrections import apply_label_corrections, duplicate_boxes, read_label_corrections
 
 ROOT = Path(__file__).resolve().parents[2]
 TXL = ROOT.parent / "shared" / "datasets" / "txl-pbc" / "TXL_PBC"
@@ -82,6 +82,29 @@ def test_an_unreadable_file_is_refused(tmp_path):
     (tmp_path / "list.json").write_text("[]")
     with pytest.raises(ValueError, match="a list 'corrections'"):
         read_label_corrections(tmp_path / "list.json")
+
+
+def test_duplicate_boxes_are_the_pairs_of_one_label_at_the_iou_asked_most_overlapping_first():
+    s = Sample(Path("/x/img.jpg"), [[0, 0, 100, 100], [0, 0, 100, 50], [10, 0, 110, 100], [0, 0, 100, 100]],
+               [WBC, WBC, WBC, RBC], 200, 200)
+    # IoU: boxes 0 and 2 overlap 9000 / 11000; 0 and 1 5000 / 10000; 1 and 2 4500 / 10500; box 3 is a red cell
+    assert duplicate_boxes(s, "WBC") == [{"boxes": [[0, 0, 100, 100], [10, 0, 110, 100]], "iou": 0.818},
+                                         {"boxes": [[0, 0, 100, 100], [0, 0, 100, 50]], "iou": 0.5}]
+    assert [d["iou"] for d in duplicate_boxes(s, "WBC", min_iou=0.6)] == [0.818]
+    assert duplicate_boxes(s, "RBC") == [] and duplicate_boxes(s, "Platelets") == []
+    with pytest.raises(ValueError, match="min_iou must be in"):
+        duplicate_boxes(s, "WBC", min_iou=0)
+    with pytest.raises(ValueError, match="label must be one of"):
+        duplicate_boxes(s, "wbc")
+
+
+@pytest.mark.skipif(not TXL.is_dir(), reason="needs ../shared/datasets/txl-pbc")
+def test_the_reviewed_txl_pbc_labels_box_no_white_cell_twice():
+    from bloodcv.data.readers import list_yolo_split
+    entries = read_label_corrections(ROOT / "configs" / "label_corrections" / "txl_pbc.json")
+    for split in ("train", "val"):
+        samples = apply_label_corrections(list_yolo_split(TXL / "images" / split, TXL / "labels" / split), entries)
+        assert [(s.name, d) for s in samples for d in duplicate_boxes(s, "WBC")] == []
 
 
 @pytest.mark.skipif(not TXL.is_dir(), reason="needs ../shared/datasets/txl-pbc")

@@ -10,7 +10,10 @@ A corrections file (JSON) lists, per image (the file's stem), what a reviewer ch
 
 Boxes are in the file's pixels, as the readers give them. A relabel or removal names an existing box by its
 label and a box that overlaps it by IoU >= 0.9, and must name exactly one: when the dataset changes under
-the file, applying it fails instead of silently doing nothing."""
+the file, applying it fails instead of silently doing nothing.
+
+duplicate_boxes finds one kind of error without a model: one cell boxed twice with the same label. Only one
+of the two can ever match a detection, so the other counts as a missed cell in every evaluation."""
 from __future__ import annotations
 
 import json
@@ -23,6 +26,8 @@ import numpy as np
 from .readers import LABELS, Sample
 
 MATCH_IOU = 0.9
+# White cells lie apart in a smear; two boxes of one label overlapping this much are one cell boxed twice.
+DUPLICATE_IOU = 0.5
 
 
 def read_label_corrections(path) -> List[Dict]:
@@ -89,3 +94,20 @@ def apply_label_corrections(samples: Sequence[Sample], entries: Sequence[Dict]) 
             ignore = np.concatenate([ignore, np.zeros(len(added), bool)])
         out.append(replace(s, boxes=boxes, classes=classes, ignore=ignore))
     return out
+
+
+def duplicate_boxes(sample: Sample, label: str, min_iou: float = DUPLICATE_IOU) -> List[Dict]:
+    """Pairs of sample's boxes of label that overlap by IoU >= min_iou, most overlapping first: for each,
+    "boxes" (the two, in file order) and "iou". Candidates for a reviewer, who keeps the box that fits."""
+    from ..ops import box_iou
+    if label not in LABELS:
+        raise ValueError(f"label must be one of {list(LABELS)}, got {label!r}")
+    if not 0 < min_iou <= 1:
+        raise ValueError(f"min_iou must be in (0, 1], got {min_iou}")
+    index = np.flatnonzero(sample.classes == LABELS.index(label))
+    if len(index) < 2:
+        return []
+    overlap = np.triu(np.asarray(box_iou(sample.boxes[index], sample.boxes[index])), 1)
+    pairs = [(float(overlap[i, j]), i, j) for i, j in zip(*np.nonzero(overlap >= min_iou))]
+    return [{"boxes": [sample.boxes[index[i]].tolist(), sample.boxes[index[j]].tolist()], "iou": round(iou, 3)}
+            for iou, i, j in sorted(pairs, key=lambda p: -p[0])]
