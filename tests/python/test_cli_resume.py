@@ -50,8 +50,11 @@ def reports(out: Path) -> list:
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=["SIGINT", "SIGTERM", "SIGKILL"])
 def test_a_killed_run_leaves_complete_files_and_resumes_to_the_same_summary(inputs, uninterrupted, tmp_path, sig):
     out = tmp_path / "out"
+    # SIGINT as a terminal sends it: a test run started in the background (`cmd &` in a script) inherits SIGINT
+    # ignored, and the child would finish the directory untouched.
     run = subprocess.Popen([str(CLI), "analyze", str(inputs), "--out", str(out), "--threads", "1"],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while len(reports(out)) < 2 if out.exists() else True:
         assert run.poll() is None, "the run ended before it could be interrupted"
