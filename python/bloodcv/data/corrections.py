@@ -98,7 +98,8 @@ def apply_label_corrections(samples: Sequence[Sample], entries: Sequence[Dict]) 
 
 def duplicate_boxes(sample: Sample, label: str, min_iou: float = DUPLICATE_IOU) -> List[Dict]:
     """Pairs of sample's boxes of label that overlap by IoU >= min_iou, most overlapping first: for each,
-    "boxes" (the two, in file order) and "iou". Candidates for a reviewer, who keeps the box that fits."""
+    "boxes" (the two, in file order) and "iou". Candidates for a reviewer, who keeps the box that fits. Meant
+    for cells that lie apart (white cells): red cells overlap in thick areas, so their pairs are often two cells."""
     from ..ops import box_iou
     if label not in LABELS:
         raise ValueError(f"label must be one of {list(LABELS)}, got {label!r}")
