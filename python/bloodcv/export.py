@@ -72,7 +72,10 @@ def export_model(module: torch.nn.Module, path, metadata: dict, example_input: t
 def load_model(path):
     """(TorchScript module, description dict) of a bloodcv model file."""
     extra = {METADATA_FILE: ""}
-    module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    try:
+        module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    except RuntimeError as e:  # a checkpoint of torch.save, or no archive at all
+        raise ValueError(f"{path}: not a TorchScript archive ({str(e).splitlines()[0]})") from e
     if not extra[METADATA_FILE]:
         raise ValueError(f"{path}: no {METADATA_FILE} in the archive: not a bloodcv model file")
     return module, json.loads(extra[METADATA_FILE])

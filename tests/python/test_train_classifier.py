@@ -185,6 +185,36 @@ def test_resume_reproduces_the_next_steps(tmp_path):
         assert torch.equal(v, resumed["model"].state_dict()[k]), k
 
 
+def test_training_starts_from_another_classifier_file(tmp_path):
+    """init_weights: the body of a classifier with other labels is copied, its head is not; another network is refused."""
+    body = {"name": "resnet_ibn", "widths": [8, 16], "depths": [1, 1], "stem_width": 8}
+    donor_cfg = tiny_cfg(model=body)
+    donor = build_classifier(body, 5, 32)  # five labels: the head's shape differs
+    with torch.no_grad():
+        for t in donor.parameters():
+            t.uniform_(-1, 1)
+    tc.export(donor, donor_cfg, list("vwxyz"), tmp_path / "donor.pt", {"data": {}})
+    cfg, data = tiny_cfg(init_weights=str(tmp_path / "donor.pt"), epochs=1), tiny_data()
+    lines = []
+    torch.manual_seed(123)
+    model = build_classifier(body, 3, 32)
+    fresh = tc.load_initial_weights(model, tmp_path / "donor.pt")
+    assert fresh == ["fc.weight", "fc.bias"]
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, donor.state_dict()[k]) != (k in fresh), k
+    # The recipe does the same before its first step (and logs it); with resume the checkpoint decides.
+    trained = tc.train(dict(cfg, lr=0.0, weight_decay=0.0), tmp_path / "run", data, progress=False, log=lines.append)
+    assert lines[0] == f"initialised from {tmp_path / 'donor.pt'}; as built: fc.weight, fc.bias"
+    donor_state = donor.state_dict()
+    assert torch.equal(trained["model"].stem[0].weight, donor_state["stem.0.weight"])
+    other = {"name": "resnet_ibn", "widths": [8, 16, 32], "depths": [1, 1, 1], "stem_width": 8}
+    with pytest.raises(ValueError, match="another architecture .*stages.2"):
+        tc.load_initial_weights(build_classifier(other, 3, 32), tmp_path / "donor.pt")
+    torch.save({"model": donor.state_dict()}, tmp_path / "checkpoint.pt")
+    with pytest.raises(ValueError, match="checkpoint.pt: not a TorchScript archive"):  # a recipe checkpoint is not a model file
+        tc.load_initial_weights(build_classifier(body, 3, 32), tmp_path / "checkpoint.pt")
+
+
 def test_cell_box_and_runtime_crop():
     img = np.full((120, 120, 3), (200, 215, 235), np.uint8)  # pale background (BGR)
     cv2.circle(img, (64, 58), 18, (150, 60, 110), -1)  # purple "nucleus"

@@ -101,6 +101,7 @@ DEFAULTS = {
     "label_smoothing": 0.1,
     "metric_loss": None,                  # {"kind": "center_triplet" | "contrastive", "weight", "margin"}
     "class_weights": None,                # "balanced": cross-entropy weighted by inverse class frequency
+    "init_weights": None,                 # a bloodcv classifier file: its tensors start the training (see load_initial_weights)
     "eval_paddings": [0.1, 0.35],         # the test split also at these crop paddings
     "threads": 1,
     "device": "cpu",                      # or "cuda": the training loop's device (evaluation and export stay on the CPU)
@@ -511,6 +512,24 @@ def _blur(x, a, g):
 
 
 # --- training -------------------------------------------------------------------------------------------
+def load_initial_weights(model, path) -> list[str]:
+    """Copies into model every tensor of the bloodcv classifier file at path with the same name and shape, and
+    returns the names left as initialised (the head, when the labels differ). Another architecture is refused:
+    a model tensor the file lacks means the networks differ, not just their heads."""
+    from ..export import load_model
+    source = load_model(path)[0].state_dict()
+    own = model.state_dict()
+    absent = [k for k in own if k not in source]
+    if absent:
+        raise ValueError(f"init_weights {path}: another architecture (lacks {', '.join(absent[:3])}"
+                         f"{', …' if len(absent) > 3 else ''})")
+    fresh = [k for k in own if source[k].shape != own[k].shape]
+    if len(fresh) == len(own):
+        raise ValueError(f"init_weights {path}: no tensor has this model's shape")
+    model.load_state_dict({k: (own[k] if k in fresh else source[k]) for k in own})
+    return fresh
+
+
 def _param_groups(model, weight_decay):
     decay, no_decay = [], []
     for name, p in model.named_parameters():
@@ -588,6 +607,9 @@ def train(cfg: dict, out_dir, data: dict, resume: bool = False, max_epochs: int 
     model = build_classifier(cfg["model"], num_classes, cfg["input_size"]).to(device)
     if cfg["metric_loss"] and not hasattr(model, "logits_and_embedding"):
         raise ValueError(f"metric_loss needs a model with an embedding (resnet_ibn, overlap_vit), not {cfg['model']['name']!r}")
+    if cfg["init_weights"] and not resume:
+        fresh = load_initial_weights(model, resolve_path(cfg["init_weights"], cfg))
+        log(f"initialised from {cfg['init_weights']}" + (f"; as built: {', '.join(fresh)}" if fresh else ""))
     opt, sched = make_optimizer(model, cfg, steps)
     history, start_epoch, elapsed = [], 0, 0.0
     if resume:
@@ -653,7 +675,6 @@ def train(cfg: dict, out_dir, data: dict, resume: bool = False, max_epochs: int 
 
 
 # --- evaluation on the held-out split, through the runtime's path ------------------------------------------
-@torch.no_grad()
 @torch.no_grad()
 def runtime_logits(model, root, files, boxes, cfg, padding=None, batch_size=128, progress=True) -> torch.Tensor:
     """Logits of the model on the original image files, each cropped around its box (image pixels) as the
@@ -866,6 +887,7 @@ def run(args) -> int:
                           "method": "stratified by class folder, each shuffled with numpy default_rng((seed, crc32(folder)))"
                                     + ("; BCCD's own test ids are the BCCD test split" if multi_source else "")},
                 "command": command, "config": str(args.config), "model": cfg["model"], "epochs": len(history),
+                "initialised_from": cfg["init_weights"],
                 "recipe": "bloodcv.training.classifier: crops around an estimated cell box framed like the runtime, "
                           "AdamW/cosine, label smoothing, flips/rot90/colour/blur/noise/crop jitter"
                           + (", stain/white-balance/gamma/grayscale/resolution/JPEG jitter" if cfg["augment"]["stain_scale"] > 0 else ""),
