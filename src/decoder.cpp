@@ -217,10 +217,20 @@ class Entry {
   std::set<std::string> read_;
 };
 
-HardNmsOptions hard_nms_of(Entry& e, double iou_threshold) {
+HardNmsOptions hard_nms_of(Entry& e, double iou_threshold, const DecoderContext& context) {
   HardNmsOptions nms;
   nms.iou_threshold = e.get<double>("nms_iou_threshold", iou_threshold);
   nms.max_detections = e.get<std::int64_t>("max_detections", 3000);
+  // {"WBC": 0.3}: a label's own threshold, by name so that the entry reads as the model's labels do.
+  const auto by_label = e.get<std::map<std::string, double>>("nms_iou_threshold_by_label", {});
+  if (!by_label.empty()) nms.class_iou_thresholds.assign(context.labels.size(), nms.iou_threshold);
+  for (const auto& [label, threshold] : by_label) {
+    const auto at = std::find(context.labels.begin(), context.labels.end(), label);
+    if (at == context.labels.end())
+      fail_argument("decoder: nms_iou_threshold_by_label names '{}', which is not one of the model's labels", label);
+    check_unit_interval(threshold, fmt::format("nms_iou_threshold_by_label['{}']", label));
+    nms.class_iou_thresholds[static_cast<std::size_t>(at - context.labels.begin())] = threshold;
+  }
   return nms;
 }
 
@@ -231,7 +241,7 @@ DecoderSetup yolov5_setup(const std::string& text, const DecoderContext& context
   o.num_classes = context.num_classes;
   o.score_threshold = e.get<float>("score_threshold", o.score_threshold);
   o.multi_label = e.get<bool>("multi_label", o.multi_label);
-  const HardNmsOptions nms = hard_nms_of(e, 0.45);
+  const HardNmsOptions nms = hard_nms_of(e, 0.45, context);
   e.check_all_read();
   return {std::make_unique<YoloV5Decoder>(o), std::make_shared<HardNms>(nms)};
 }
@@ -251,7 +261,7 @@ DecoderSetup anchor_setup(const std::string& text, const DecoderContext& context
   o.score_threshold = e.get("score_threshold", o.score_threshold);
   o.pre_nms_top_k = e.get("pre_nms_top_k", o.pre_nms_top_k);
   o.iou_branch = e.get("iou_branch", o.iou_branch);
-  const HardNmsOptions nms = hard_nms_of(e, 0.5);
+  const HardNmsOptions nms = hard_nms_of(e, 0.5, context);
   const float alpha = e.get<float>("iou_alpha", 0.5f);
   e.check_all_read();
   std::shared_ptr<const Suppressor> suppressor;

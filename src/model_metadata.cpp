@@ -134,9 +134,12 @@ ModelMetadata read_model_metadata(const std::string& path, const std::string& me
 DecoderSetup decoder_for(const ModelMetadata& metadata, std::optional<float> score_threshold, std::optional<float> nms_iou_threshold) {
   json entry = metadata.decoder;
   if (score_threshold) entry["score_threshold"] = *score_threshold;
-  if (nms_iou_threshold) entry["nms_iou_threshold"] = *nms_iou_threshold;
+  if (nms_iou_threshold) {  // the caller's one threshold holds for every label
+    entry["nms_iou_threshold"] = *nms_iou_threshold;
+    entry.erase("nms_iou_threshold_by_label");
+  }
   try {
-    return make_decoder(entry.dump(), DecoderContext{metadata.labels.size(), metadata.input.size});
+    return make_decoder(entry.dump(), DecoderContext{metadata.labels.size(), metadata.input.size, metadata.labels});
   } catch (const std::invalid_argument& e) {
     fail_model(metadata.path, fmt::format("bloodcv.json: {}", e.what()));
   }

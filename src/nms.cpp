@@ -42,12 +42,27 @@ bool same_class(const ScoredBoxes& in, bool class_aware, std::int32_t i, std::in
   return !class_aware || in.labels.empty() || in.labels[static_cast<std::size_t>(i)] == in.labels[static_cast<std::size_t>(j)];
 }
 
+// The overlap above which a box is suppressed: its label's own threshold where one is given.
+struct SuppressionThreshold {
+  double fallback;
+  const std::vector<double>& by_label;
+
+  double of(const ScoredBoxes& in, std::int32_t i) const {
+    if (by_label.empty() || in.labels.empty()) return fallback;
+    const std::int64_t label = in.labels[static_cast<std::size_t>(i)];
+    return label >= 0 && label < static_cast<std::int64_t>(by_label.size()) ? by_label[static_cast<std::size_t>(label)] : fallback;
+  }
+  bool suppresses_none() const {
+    return fallback >= 1.0 && std::all_of(by_label.begin(), by_label.end(), [](double t) { return t >= 1.0; });
+  }
+};
+
 // Greedy NMS over a ranking: a box is kept unless a kept box ranked before it matches it
 // (metric > threshold). Only kept boxes enter the grid, so dense clusters cost no more than the few
 // boxes they keep. With `leader`, every suppressed box records the highest-ranked kept box it matches.
-std::vector<std::int32_t> greedy_suppress(const ScoredBoxes& in, const std::vector<std::int32_t>& order, double threshold,
-                                          BoxMetric metric, bool class_aware, std::int64_t max_detections,
-                                          std::vector<std::int32_t>* leader) {
+std::vector<std::int32_t> greedy_suppress(const ScoredBoxes& in, const std::vector<std::int32_t>& order,
+                                          const SuppressionThreshold& threshold, BoxMetric metric, bool class_aware,
+                                          std::int64_t max_detections, std::vector<std::int32_t>* leader) {
   std::vector<std::int32_t> kept;
   BoxGrid grid(in.boxes);
   std::vector<std::int32_t> rank;
@@ -57,16 +72,17 @@ std::vector<std::int32_t> greedy_suppress(const ScoredBoxes& in, const std::vect
   }
   // No overlap measure exceeds 1, so at threshold 1 nothing is suppressed; the search would still compare
   // every pair of coinciding boxes (10^5 identical boxes took 30 s).
-  if (threshold >= 1.0) {
+  if (threshold.suppresses_none()) {
     const std::size_t n = max_detections == kNoLimit ? order.size() : std::min(order.size(), static_cast<std::size_t>(max_detections));
     return {order.begin(), order.begin() + static_cast<std::ptrdiff_t>(n)};
   }
   for (const std::int32_t i : order) {
     if (max_detections != kNoLimit && static_cast<std::int64_t>(kept.size()) >= max_detections) break;
     const Box& box = in.boxes[static_cast<std::size_t>(i)];
+    const double box_threshold = threshold.of(in, i);
     std::int32_t best = -1;
     grid.visit(box, [&](std::int32_t k, const Box& kept_box) {
-      if (!same_class(in, class_aware, i, k) || !(overlap(kept_box, box, metric) > threshold))
+      if (!same_class(in, class_aware, i, k) || !(overlap(kept_box, box, metric) > box_threshold))
         return false;
       if (!leader) {
         best = k;
@@ -107,6 +123,10 @@ void check_hard_nms(const HardNmsOptions& o) {
   check_unit_interval(o.iou_threshold, "iou_threshold");
   if (std::isnan(o.score_threshold)) fail_argument("score_threshold is NaN");
   check_max_detections(o.max_detections);
+  if (!o.class_iou_thresholds.empty() && !o.class_aware)
+    fail_argument("class_iou_thresholds need class-aware suppression: across labels no one threshold is the box's own");
+  for (std::size_t k = 0; k < o.class_iou_thresholds.size(); ++k)
+    check_unit_interval(o.class_iou_thresholds[k], fmt::format("class_iou_thresholds[{}]", k));
 }
 
 }  // namespace
@@ -117,8 +137,8 @@ HardNms::HardNms(HardNmsOptions options) : options_(options) { check_hard_nms(op
 Suppression HardNms::suppress(const ScoredBoxes& in) const {
   in.validate();
   const auto order = rank_by_score(in.scores, options_.score_threshold);
-  const auto kept = greedy_suppress(in, order, options_.iou_threshold, options_.metric, options_.class_aware,
-                                    options_.max_detections, nullptr);
+  const auto kept = greedy_suppress(in, order, {options_.iou_threshold, options_.class_iou_thresholds}, options_.metric,
+                                    options_.class_aware, options_.max_detections, nullptr);
   return kept_as_is(in, kept, in.scores);
 }
 
@@ -195,8 +215,8 @@ Suppression IouAwareNms::suppress(const ScoredBoxes& in) const {
     ranking[i] = std::pow(in.scores[i], 1.f - options_.alpha) * std::pow(in.predicted_ious[i], options_.alpha);
   }
   const auto order = rank_by_score(ranking, options_.nms.score_threshold);
-  const auto kept = greedy_suppress(in, order, options_.nms.iou_threshold, options_.nms.metric, options_.nms.class_aware,
-                                    options_.nms.max_detections, nullptr);
+  const auto kept = greedy_suppress(in, order, {options_.nms.iou_threshold, options_.nms.class_iou_thresholds},
+                                    options_.nms.metric, options_.nms.class_aware, options_.nms.max_detections, nullptr);
   return kept_as_is(in, kept, ranking);
 }
 
@@ -291,7 +311,9 @@ Suppression NonMaxMerge::suppress(const ScoredBoxes& in) const {
   std::vector<std::int32_t> leaders;      // in rank order
   if (options_.greedy) {
     std::vector<std::int32_t> leader;
-    leaders = greedy_suppress(in, order, options_.match_threshold, options_.metric, options_.class_aware, kNoLimit, &leader);
+    const std::vector<double> no_label_thresholds;
+    leaders = greedy_suppress(in, order, {options_.match_threshold, no_label_thresholds}, options_.metric, options_.class_aware,
+                              kNoLimit, &leader);
     for (std::size_t i = 0; i < n; ++i) group_of[i] = leader[i] < 0 ? static_cast<std::int32_t>(i) : leader[i];
   } else {
     RankedGroups groups(ranks_of(order, n));

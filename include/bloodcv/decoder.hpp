@@ -59,6 +59,7 @@ struct DecoderSetup {
 struct DecoderContext {
   std::size_t num_classes = 0;
   cv::Size input_size;
+  std::vector<std::string> labels;  // the model's, by index; may be empty where a caller has only a class count
 };
 
 // Decoders by the "kind" of a model file's decoder entry. A factory reads its own keys from the entry
@@ -70,7 +71,8 @@ DecoderSetup make_decoder(const std::string& decoder_json, const DecoderContext&
 std::vector<std::string> decoder_kinds();
 
 // "yolov5" entry keys: score_threshold (0.25), nms_iou_threshold (0.45: class-aware hard NMS),
-// multi_label (false), max_detections (3000).
+// multi_label (false), max_detections (3000). Both kinds: nms_iou_threshold_by_label ({"WBC": 0.3}: a
+// label's own threshold, HardNmsOptions::class_iou_thresholds; a name not in context.labels is refused).
 struct YoloV5DecoderOptions {
   std::size_t num_classes = 0;
   float score_threshold = 0.25f;     // on objectness × class score

@@ -52,7 +52,7 @@ struct RuntimeOptions {
 struct TorchScriptDetectorOptions {
   RuntimeOptions runtime;
   std::optional<float> score_threshold;     // overrides the model file's
-  std::optional<double> nms_iou_threshold;  // overrides the model file's
+  std::optional<double> nms_iou_threshold;  // overrides the model file's, its per-label ones too
   std::shared_ptr<const Suppressor> suppressor;  // replaces the suppression the model file's decoder entry says
 };
 

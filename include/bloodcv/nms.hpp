@@ -55,6 +55,10 @@ struct HardNmsOptions {
   bool class_aware = true;              // boxes of different labels never suppress each other
   float score_threshold = -std::numeric_limits<float>::infinity();  // drop boxes scoring below
   std::int64_t max_detections = kNoLimit;
+  // A threshold per label index (class-aware only): cells of one type can be allowed more overlap than
+  // another's (red cells overlap in thick areas, white cells lie apart). Empty, or a label beyond its end:
+  // iou_threshold.
+  std::vector<double> class_iou_thresholds;
 };
 
 class HardNms final : public Suppressor {

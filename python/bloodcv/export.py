@@ -81,6 +81,32 @@ def load_model(path):
     return module, json.loads(extra[METADATA_FILE])
 
 
+def update_description(path, changes: dict) -> dict:
+    """Merges changes into the description of the model file at path (objects key by key, other values
+    replaced), the network untouched: a decoder's thresholds are set without retraining. The description is
+    checked as export_model checks one, and the file is replaced only once the new one loads. Returns the new
+    description."""
+    path = Path(path)
+    module, meta = load_model(path)
+    meta = check_metadata(_merged(meta, changes))
+    partial = path.with_name(path.name + ".partial")
+    torch.jit.save(module, str(partial), _extra_files={METADATA_FILE: json.dumps(meta, indent=1)})
+    try:
+        load_model(partial)
+    except Exception:
+        partial.unlink()
+        raise
+    partial.replace(path)
+    return meta
+
+
+def _merged(base: dict, changes: dict) -> dict:
+    out = dict(base)
+    for key, value in changes.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
 def _flatten(x):
     if isinstance(x, torch.Tensor):
         return [x]

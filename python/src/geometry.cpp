@@ -234,18 +234,21 @@ void bind_geometry(py::module_& m) {
       "Output boxes and scores are the input's. With the defaults it keeps what torchvision's batched_nms keeps (nms when "
       "no labels are given).")
       .def(py::init([](double iou_threshold, const std::string& metric, bool class_aware, float score_threshold,
-                       std::int64_t max_detections) {
-             return std::make_shared<HardNms>(
-                 HardNmsOptions{iou_threshold, parse_box_metric(metric), class_aware, score_threshold, max_detections});
+                       std::int64_t max_detections, std::vector<double> class_iou_thresholds) {
+             return std::make_shared<HardNms>(HardNmsOptions{iou_threshold, parse_box_metric(metric), class_aware, score_threshold,
+                                                             max_detections, std::move(class_iou_thresholds)});
            }),
            py::arg("iou_threshold") = 0.5, py::arg("metric") = "iou", py::arg("class_aware") = true,
            py::arg("score_threshold") = -std::numeric_limits<float>::infinity(), py::arg("max_detections") = kNoLimit,
+           py::arg("class_iou_thresholds") = std::vector<double>{},
            "iou_threshold: a box is suppressed when its overlap with a kept box is > this, in [0, 1] (default 0.5).\n"
            "metric: the overlap: 'iou' (default), 'ios' (intersection over the smaller box, for boxes cut by tile seams), "
            "'giou', or 'diou' (DIoU-NMS).\n"
            "class_aware: boxes of different labels never suppress each other (default True); without labels all are one class.\n"
            "score_threshold: boxes scoring below this are dropped first (default -inf: none).\n"
-           "max_detections: keep at most this many boxes, -1 for no limit (default).");
+           "max_detections: keep at most this many boxes, -1 for no limit (default).\n"
+           "class_iou_thresholds: a threshold per label index, each in [0, 1], in place of iou_threshold for the boxes of that "
+           "label (class-aware only; labels beyond the list use iou_threshold; default [] : none).");
 
   py::class_<SoftNms, Suppressor, std::shared_ptr<SoftNms>>(
       m, "SoftNms",

@@ -279,7 +279,8 @@ void bind_runtime(py::module_& m) {
            py::arg("optimize") = RuntimeOptions{}.optimize, py::call_guard<py::gil_scoped_release>(),
            "Loads the model file at path.\n\n"
            "device: \"cpu\", \"cuda\" or \"cuda:N\"; precision: \"float32\", \"bfloat16\" (fast on CPUs with AVX512-BF16/AMX) or \"float16\" (CUDA only); batch_size: images per forward pass; "
-           "score_threshold, nms_iou_threshold: in [0, 1], override the file's (None keeps them); threads: LibTorch's intra-op "
+           "score_threshold, nms_iou_threshold: in [0, 1], override the file's (None keeps them; nms_iou_threshold also replaces the "
+           "file's per-label thresholds); threads: LibTorch's intra-op "
            "threads, process-wide (0 leaves them); optimize: freeze and optimise the module on the CPU, kept only if its outputs equal "
            "the original's to 1e-4. Raises ValueError for a bad argument, RuntimeError naming the file when it cannot be used.")
       .def_property_readonly("metadata_json", &TorchScriptDetector::metadata_json, "The model file's description (bloodcv.json) as text.")

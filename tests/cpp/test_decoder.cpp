@@ -62,6 +62,33 @@ TEST_CASE("YOLOv5 decoding: confidence, threshold, single and multi label; the e
   CHECK(suppress(*loose.suppressor, loose.decoder->decode({view(out, {4, 7})})).size() == 3);  // IoU 0.9 < 0.95
 }
 
+TEST_CASE("the decoder entry sets a label's own NMS threshold by its name", "[decoder]") {
+  // cx, cy, w, h, obj, c0, c1: a pair of WBC boxes and a pair of RBC boxes, each pair at IoU 60/140 = 0.43.
+  const std::vector<float> out{5, 5, 10, 10, 0.9f, 1, 0,   9, 5, 10, 10, 0.8f, 1, 0,
+                               5, 50, 10, 10, 0.9f, 0, 1,  9, 50, 10, 10, 0.8f, 0, 1};
+  const DecoderContext context{2, {96, 96}, {"WBC", "RBC"}};
+  const auto kept = [&](const std::string& entry) {
+    const DecoderSetup d = make_decoder(entry, context);
+    return suppress(*d.suppressor, d.decoder->decode({view(out, {4, 7})}));
+  };
+  CHECK(kept(R"({"kind": "yolov5"})").size() == 4);  // 0.43 is under the default 0.45
+  const auto strict = kept(R"({"kind": "yolov5", "nms_iou_threshold_by_label": {"WBC": 0.3}})");
+  REQUIRE(strict.size() == 3);
+  CHECK(std::count_if(strict.begin(), strict.end(), [](const Detection& d) { return d.label == 0; }) == 1);
+  const DecoderSetup anchor = make_decoder(
+      R"({"kind": "anchor", "strides": [32], "sizes": [32], "aspect_ratios": [1], "nms_iou_threshold_by_label": {"RBC": 0.6}})",
+      context);
+  const auto* hard = dynamic_cast<const HardNms*>(anchor.suppressor.get());
+  REQUIRE(hard != nullptr);
+  CHECK(hard->options().class_iou_thresholds == std::vector<double>{0.5, 0.6});  // WBC keeps the anchor kind's 0.5
+  CHECK_THROWS_WITH(make_decoder(R"({"kind": "yolov5", "nms_iou_threshold_by_label": {"Neutrophil": 0.3}})", context),
+                    Contains("'Neutrophil'") && Contains("not one of the model's labels"));
+  CHECK_THROWS_WITH(make_decoder(R"({"kind": "yolov5", "nms_iou_threshold_by_label": {"WBC": 1.5}})", context),
+                    Contains("nms_iou_threshold_by_label['WBC']"));
+  CHECK_THROWS_WITH(make_decoder(R"({"kind": "yolov5", "nms_iou_threshold_by_label": [0.3]})", context),
+                    Contains("nms_iou_threshold_by_label"));
+}
+
 TEST_CASE("YOLOv5 decoding rejects outputs that do not fit", "[decoder][errors]") {
   YoloV5DecoderOptions o;
   o.num_classes = 2;

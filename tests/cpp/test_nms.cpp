@@ -43,6 +43,32 @@ TEST_CASE("hard NMS on known boxes", "[nms]") {
   CHECK(batched_nms(boxes, scores, std::vector<std::int64_t>{3, 3, 3}, 0.5) == Keep{0, 2});
 }
 
+TEST_CASE("hard NMS with a threshold per label", "[nms]") {
+  // Two pairs at IoU 60/140 = 0.43: label 0's pair, label 1's pair, and a label 2 beyond the list.
+  const std::vector<Box> boxes{{0, 0, 10, 10}, {4, 0, 14, 10}, {0, 50, 10, 60}, {4, 50, 14, 60}, {0, 90, 10, 100}, {4, 90, 14, 100}};
+  const std::vector<float> scores{0.9f, 0.8f, 0.9f, 0.8f, 0.9f, 0.8f};
+  const std::vector<std::int64_t> labels{0, 0, 1, 1, 2, 2};
+  HardNmsOptions o;
+  o.iou_threshold = 0.45;
+  CHECK(HardNms(o).suppress({boxes, scores, labels}).keep == Keep{0, 2, 4, 1, 3, 5});
+  o.class_iou_thresholds = {0.3, 0.45};  // label 0 stricter; label 2 has none: iou_threshold
+  CHECK(HardNms(o).suppress({boxes, scores, labels}).keep == Keep{0, 2, 4, 3, 5});
+  o.iou_threshold = 0.4;  // the fallback now suppresses label 2's second box; label 1 keeps its own 0.45
+  CHECK(HardNms(o).suppress({boxes, scores, labels}).keep == Keep{0, 2, 4, 3});
+  o.class_iou_thresholds = {1.0, 1.0};  // nothing suppressed for labels 0 and 1
+  CHECK(HardNms(o).suppress({boxes, scores, labels}).keep == Keep{0, 2, 4, 1, 3});
+  IouAwareNmsOptions aware{0.5f, o};
+  aware.nms.class_iou_thresholds = {0.3, 0.45};
+  aware.nms.iou_threshold = 0.45;
+  const std::vector<float> predicted(6, 1.f);
+  CHECK(IouAwareNms(aware).suppress({boxes, scores, labels, predicted}).keep == Keep{0, 2, 4, 3, 5});
+  o.class_aware = false;
+  CHECK_THROWS_WITH(HardNms(o), Contains("class-aware"));
+  o.class_aware = true;
+  o.class_iou_thresholds = {0.3, 1.5};
+  CHECK_THROWS_WITH(HardNms(o), Contains("class_iou_thresholds[1]"));
+}
+
 TEST_CASE("NMS edge cases: empty, one box, identical boxes, zero-area boxes, ties", "[nms]") {
   CHECK(nms({}, {}, 0.5).empty());
   CHECK(nms(std::vector<Box>{{1, 1, 2, 2}}, std::vector<float>{0.1f}, 0.5) == Keep{0});

@@ -16,7 +16,7 @@ import torch
 import bloodcv
 from bloodcv import assign as A
 from bloodcv.assign import BACKGROUND, IGNORE
-from bloodcv.export import export_model
+from bloodcv.export import export_model, load_model, update_description
 
 from conftest import make_test_models_module, smear
 
@@ -213,6 +213,58 @@ def test_yolov5_max_detections_keeps_the_most_confident(tmp_path, max_detections
     np.testing.assert_allclose(out["boxes"].reshape(-1, 4), np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], 1), atol=1e-5)
     np.testing.assert_allclose(out["scores"], [YOLO_CONFIDENCE[i] for i in best], rtol=1e-6)
     assert out["labels"].tolist() == [YOLO_LABEL[i] for i in best]
+
+
+# Two pairs of 16-px boxes, each 7 px apart: IoU 9·16 / (2·256 − 9·16) = 0.39.
+PAIR_ROWS = [
+    [20, 20, 16, 16, 0.9, 1.0, 0.0],   # "a" 0.9
+    [27, 20, 16, 16, 0.8, 1.0, 0.0],   # "a" 0.8, IoU 0.39 with the row above
+    [20, 60, 16, 16, 0.9, 0.0, 1.0],   # "b" 0.9
+    [27, 60, 16, 16, 0.8, 0.0, 1.0],   # "b" 0.8, IoU 0.39 with the row above
+]
+
+
+def test_a_label_keeps_its_own_nms_threshold_from_the_file(tmp_path):
+    """nms_iou_threshold_by_label in the model file: label a's pair at IoU 0.39 is one cell, b's pair stays; the
+    caller's one nms_iou_threshold replaces every label's; bloodcv.HardNms takes the same thresholds by index."""
+    entry = {"kind": "yolov5", "score_threshold": 0.25, "nms_iou_threshold": 0.45, "nms_iou_threshold_by_label": {"a": 0.3}}
+    meta = {"task": "detection", "name": "pairs", "labels": ["a", "b"], "input_size": [SIDE, SIDE], "decoder": entry}
+    path = export_model(Constant(torch.tensor(PAIR_ROWS, dtype=torch.float32)), tmp_path / "pairs.pt", meta,
+                        torch.rand(1, 3, SIDE, SIDE))
+    image = [np.zeros((SIDE, SIDE, 3), np.uint8)]
+    (out,) = bloodcv.TorchScriptDetector(str(path)).detect(image)
+    assert out["labels"].tolist() == [0, 1, 1] and out["scores"].tolist() == pytest.approx([0.9, 0.9, 0.8])
+    (out,) = bloodcv.TorchScriptDetector(str(path), nms_iou_threshold=0.45).detect(image)
+    assert out["labels"].tolist() == [0, 1, 0, 1]
+    boxes = np.array([[r[0] - 8, r[1] - 8, r[0] + 8, r[1] + 8] for r in PAIR_ROWS], np.float32)
+    assert iou(boxes[0], boxes[1]) == pytest.approx(9 * 16 / (2 * 256 - 9 * 16))
+    scores, labels = np.array([r[4] for r in PAIR_ROWS], np.float32), np.array([0, 0, 1, 1])
+    keep, _, _ = bloodcv.HardNms(iou_threshold=0.45, class_iou_thresholds=[0.3]).suppress(boxes, scores, labels)
+    assert keep.tolist() == [0, 2, 3]
+    with pytest.raises(ValueError, match="class-aware"):
+        bloodcv.HardNms(class_aware=False, class_iou_thresholds=[0.3])
+    meta["decoder"] = dict(entry, nms_iou_threshold_by_label={"c": 0.3})
+    bad = export_model(Constant(torch.tensor(PAIR_ROWS, dtype=torch.float32)), tmp_path / "bad.pt", meta, torch.rand(1, 3, SIDE, SIDE))
+    with pytest.raises(RuntimeError, match="bad.pt.*'c', which is not one of the model's labels"):  # a bad model file: RuntimeError
+        bloodcv.TorchScriptDetector(str(bad))
+
+
+def test_update_description_sets_a_decoder_threshold_without_retraining(tmp_path):
+    entry = {"kind": "yolov5", "score_threshold": 0.25, "nms_iou_threshold": 0.45}
+    meta = {"task": "detection", "name": "pairs", "labels": ["a", "b"], "input_size": [SIDE, SIDE], "decoder": entry,
+            "training": {"epochs": 3}}
+    path = export_model(Constant(torch.tensor(PAIR_ROWS, dtype=torch.float32)), tmp_path / "pairs.pt", meta,
+                        torch.rand(1, 3, SIDE, SIDE))
+    image = [np.zeros((SIDE, SIDE, 3), np.uint8)]
+    assert len(bloodcv.TorchScriptDetector(str(path)).detect(image)[0]["labels"]) == 4
+    new = update_description(path, {"decoder": {"nms_iou_threshold_by_label": {"a": 0.3}}})
+    assert new["decoder"] == dict(entry, nms_iou_threshold_by_label={"a": 0.3}) and new["training"] == {"epochs": 3}
+    assert load_model(path)[1] == new
+    assert bloodcv.TorchScriptDetector(str(path)).detect(image)[0]["labels"].tolist() == [0, 1, 1]
+    before = path.read_bytes()
+    with pytest.raises(ValueError, match="decoder.kind"):
+        update_description(path, {"decoder": {"kind": "ssd"}})
+    assert path.read_bytes() == before and not path.with_name("pairs.pt.partial").exists()
 
 
 # --- assigners ----------------------------------------------------------------------------------------------

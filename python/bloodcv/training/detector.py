@@ -73,7 +73,7 @@ DEFAULT_CONFIG = {
     "max_eval_images": None,
     "max_steps_per_epoch": None,
     "export": {"path": "models/cell_detector.pt", "score_threshold": 0.25, "nms_iou_threshold": 0.45,
-               "multi_label": False},
+               "nms_iou_threshold_by_label": {}, "multi_label": False},
 }
 
 
@@ -423,6 +423,8 @@ class DetectorTrainer:
                       "resize": "letterbox", "pad_value": PAD_VALUE},
             "decoder": {"kind": "yolov5", "score_threshold": cfg["export"]["score_threshold"],
                         "nms_iou_threshold": cfg["export"]["nms_iou_threshold"],
+                        **({"nms_iou_threshold_by_label": cfg["export"]["nms_iou_threshold_by_label"]}
+                           if cfg["export"]["nms_iou_threshold_by_label"] else {}),
                         "multi_label": cfg["export"]["multi_label"]},
             "training": {
                 "recipe": "python -m bloodcv.train detector --config configs/detector_yolo.json",
