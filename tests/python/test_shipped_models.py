@@ -130,6 +130,8 @@ def test_the_detector_card_per_source_table_is_what_the_script_computes(tmp_path
     assert [(r["labels"], r["source"]) for r in now["rows"]] == [(r["labels"], r["source"]) for r in card["rows"]]
     for a, b in zip(now["rows"], card["rows"]):
         assert a["classes"] == b["classes"] and a["AP75"] == pytest.approx(b["AP75"], abs=1e-9), (a["labels"], a["source"])
+        assert a["white_cells_reported"] == b["white_cells_reported"], a["source"]
+        assert a["white_cells_reported"]["pairs_iou_over_0.2"] == 0, a["source"]  # no white cell counted twice
     reviewed = {r["source"]: r for r in now["rows"] if r["labels"] == "reviewed"}
     published = {r["source"]: r for r in now["rows"] if r["labels"] == "as published"}
     assert reviewed["575×575"]["classes"]["WBC"]["boxes"] == published["575×575"]["classes"]["WBC"]["boxes"] - 2

@@ -12,16 +12,23 @@ from ..data.readers import Sample
 from .common import progress
 
 
-def detect(model_path, samples: Sequence[Sample], score_threshold: Optional[float] = None, show_progress: bool = False):
-    """A bloodcv.eval.Predictions of the model file on each sample's image, through the default pipeline of
-    that file (tiles of its tile_size, 15 % overlap, seams merged) as `bloodcv eval --detector` runs it."""
+def detect_arrays(model_path, samples: Sequence[Sample], score_threshold: Optional[float] = None,
+                  show_progress: bool = False):
+    """(the model's labels, {sample name: (boxes, scores, labels)}) of the model file on each sample's image,
+    through the default pipeline of that file (tiles of its tile_size, 15 % overlap, seams merged) as
+    `bloodcv eval --detector` runs it."""
     detector = TorchScriptDetector(str(model_path), score_threshold=score_threshold)
     pipeline = Pipeline(detector)
     found = {}
     for s in progress(samples, "evaluate", show_progress):
         a = pipeline.analyze(str(s.image)).arrays()
         found[s.name] = (a["boxes"], a["scores"], a["labels"])
-    return bev.predictions(detector.labels(), found)
+    return detector.labels(), found
+
+
+def detect(model_path, samples: Sequence[Sample], score_threshold: Optional[float] = None, show_progress: bool = False):
+    """detect_arrays as a bloodcv.eval.Predictions."""
+    return bev.predictions(*detect_arrays(model_path, samples, score_threshold, show_progress))
 
 
 def ground_truth(samples: Sequence[Sample], labels: Sequence[str]):
