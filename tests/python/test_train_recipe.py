@@ -323,5 +323,8 @@ def test_fit_writes_metrics_and_exports_a_loadable_model(tmp_path):
                                "multi_label": False}
     assert meta["input_size"] == [64, 64] and meta["labels"] == ["WBC", "RBC", "Platelets"]
     assert "training" in meta
+    cfg["export"]["nms_iou_threshold_by_label"] = {"WBC": 0.3}  # as configs/detector_yolo.json exports it
+    _, meta = load_model(tr.export(tmp_path / "wbc_apart.pt"))
+    assert meta["decoder"]["nms_iou_threshold_by_label"] == {"WBC": 0.3}
     with torch.no_grad():
         assert module(torch.rand(1, 3, 64, 64)).shape == (1, 252, 8)
